@@ -1,0 +1,296 @@
+"""Tensor bodies on the wire and at rest: safetensors, read zero-copy with numpy, never pickle.
+
+Three documents share the safetensors container (8-byte little-endian header length, a JSON header,
+then raw little-endian tensor bytes). Each carries ``__metadata__["format"]``:
+
+``mfcpl.model.v1`` - model weights
+    one tensor per parameter/buffer, named as in the model's ``state_dict``.
+
+``mfcpl.update.v1`` - a client's update for one round
+    ``weights/<name>``           every tensor of the round's input model, same shape and dtype;
+    ``prototypes/<level>``       float32 [n, d] local prototypes of level ``shared`` or a modality;
+    ``prototype_classes/<level>`` int64 [n] class id of each row (distinct, in [0, num_classes));
+    ``prototype_counts/<level>``  float32 [n] samples behind each row (> 0);
+    metadata ``num_samples`` (int), ``base_model_version`` (int), ``metrics`` (JSON object of numbers).
+
+``mfcpl.prototypes.v1`` - the coordinator's complete prototypes for one model version
+    ``prototypes/<level>`` float32 [C, d] and ``prototype_counts/<level>`` float32 [C]
+    (count 0 = no prototype for that class: the coverage mask).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MODEL_FORMAT = "mfcpl.model.v1"
+UPDATE_FORMAT = "mfcpl.update.v1"
+PROTOTYPES_FORMAT = "mfcpl.prototypes.v1"
+
+WEIGHTS_PREFIX = "weights/"
+PROTO_PREFIX = "prototypes/"
+PROTO_CLASSES_PREFIX = "prototype_classes/"
+PROTO_COUNTS_PREFIX = "prototype_counts/"
+
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("?"),
+}
+_CODES = {dt: code for code, dt in _DTYPES.items()}
+
+
+class TensorFormatError(ValueError):
+    """A tensor body that cannot be read, or whose content breaks the documented layout.
+
+    ``code`` is one of the :class:`client_sdk.schemas.ErrorCode` values, so the coordinator can turn it
+    into a problem document unchanged.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # safetensors code, e.g. "F32"
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the document
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Header:
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+    data_start: int
+
+
+def dtype_code(dtype: np.dtype) -> str:
+    dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    try:
+        return _CODES[dt]
+    except KeyError as exc:
+        raise TensorFormatError("malformed_tensors", f"dtype {dtype} cannot be stored") from exc
+
+
+def numpy_dtype(code: str) -> np.dtype:
+    return _DTYPES[code]
+
+
+def read_header(buf: bytes | bytearray | memoryview) -> Header:
+    """Parse and bound-check a safetensors header without touching the tensor bytes."""
+    view = memoryview(buf)
+    if len(view) < 8:
+        raise TensorFormatError("malformed_tensors", "body is shorter than the 8-byte safetensors header length")
+    (n,) = struct.unpack("<Q", view[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(view):
+        raise TensorFormatError("malformed_tensors", f"header length {n} does not fit a body of {len(view)} bytes")
+    try:
+        raw = json.loads(bytes(view[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TensorFormatError("malformed_tensors", f"header is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TensorFormatError("malformed_tensors", "header must be a JSON object")
+    metadata = raw.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise TensorFormatError("malformed_tensors", "__metadata__ must map strings to strings")
+    data_start = 8 + n
+    data_len = len(view) - data_start
+    tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int]] = []
+    for name, entry in raw.items():
+        try:
+            code = entry["dtype"]
+            shape = tuple(int(s) for s in entry["shape"])
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: bad header entry") from exc
+        if code not in _DTYPES:
+            raise TensorFormatError("dtype_mismatch", f"tensor {name!r}: unsupported dtype {code!r}")
+        if any(s < 0 for s in shape):
+            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: negative dimension")
+        expected = math.prod(shape) * _DTYPES[code].itemsize
+        if not 0 <= begin <= end <= data_len or end - begin != expected:
+            raise TensorFormatError(
+                "malformed_tensors",
+                f"tensor {name!r}: offsets [{begin}, {end}) do not hold shape {list(shape)} of {code}",
+            )
+        spans.append((begin, end))
+        tensors[name] = TensorInfo(name, code, shape, data_start + begin, data_start + end)
+    spans.sort()
+    for (_, e1), (b2, _) in zip(spans, spans[1:], strict=False):
+        if b2 < e1:
+            raise TensorFormatError("malformed_tensors", "tensor byte ranges overlap")
+    return Header(tensors=tensors, metadata=metadata, data_start=data_start)
+
+
+def tensor_view(buf: bytes | bytearray | memoryview, info: TensorInfo) -> np.ndarray:
+    """A read-only numpy view of one tensor's bytes (no copy)."""
+    arr = np.frombuffer(buf, dtype=_DTYPES[info.dtype], count=math.prod(info.shape), offset=info.start)
+    return arr.reshape(info.shape)
+
+
+def decode(buf: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    header = read_header(buf)
+    return {name: tensor_view(buf, info) for name, info in header.tensors.items()}, header.metadata
+
+
+def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise numpy arrays as safetensors (tensors laid out in name order, header padded to 8 bytes)."""
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    arrays = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        header[name] = {"dtype": dtype_code(arr.dtype), "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + arr.nbytes]}
+        arrays.append(arr)
+        offset += arr.nbytes
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    out = bytearray(8 + len(head) + offset)
+    out[:8] = struct.pack("<Q", len(head))
+    out[8 : 8 + len(head)] = head
+    pos = 8 + len(head)
+    for arr in arrays:
+        out[pos : pos + arr.nbytes] = arr.tobytes()
+        pos += arr.nbytes
+    return bytes(out)
+
+
+@dataclass
+class LocalPrototypes:
+    """One level of a client's local prototypes: rows for the classes it saw."""
+
+    classes: np.ndarray  # int64 [n]
+    vectors: np.ndarray  # float32 [n, d]
+    counts: np.ndarray  # float32 [n]
+
+
+@dataclass
+class Update:
+    weights: dict[str, np.ndarray]
+    num_samples: int
+    base_model_version: int
+    prototypes: dict[str, LocalPrototypes] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def encode_update(update: Update) -> bytes:
+    tensors: dict[str, np.ndarray] = {WEIGHTS_PREFIX + k: v for k, v in update.weights.items()}
+    for level, p in update.prototypes.items():
+        tensors[PROTO_PREFIX + level] = np.asarray(p.vectors, dtype=np.float32)
+        tensors[PROTO_CLASSES_PREFIX + level] = np.asarray(p.classes, dtype=np.int64)
+        tensors[PROTO_COUNTS_PREFIX + level] = np.asarray(p.counts, dtype=np.float32)
+    meta = {
+        "format": UPDATE_FORMAT,
+        "num_samples": str(int(update.num_samples)),
+        "base_model_version": str(int(update.base_model_version)),
+        "metrics": json.dumps({k: float(v) for k, v in update.metrics.items()}),
+    }
+    return encode(tensors, meta)
+
+
+def parse_update_metadata(metadata: Mapping[str, str]) -> tuple[int, int, dict[str, float]]:
+    """(num_samples, base_model_version, metrics) from an update's metadata, strictly checked."""
+    if metadata.get("format") != UPDATE_FORMAT:
+        raise TensorFormatError("malformed_tensors", f"metadata.format must be {UPDATE_FORMAT!r}")
+    try:
+        num_samples = int(metadata["num_samples"])
+        base = int(metadata["base_model_version"])
+        metrics = json.loads(metadata.get("metrics", "{}"))
+    except (KeyError, ValueError) as exc:
+        raise TensorFormatError("malformed_tensors", f"bad update metadata: {exc}") from exc
+    if num_samples < 1:
+        raise TensorFormatError("malformed_tensors", "num_samples must be a positive integer")
+    if not isinstance(metrics, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()
+    ):
+        raise TensorFormatError("malformed_tensors", "metrics must be a JSON object of numbers")
+    if not all(math.isfinite(v) for v in metrics.values()):
+        raise TensorFormatError("non_finite", "metrics hold NaN or Inf")
+    return num_samples, base, {k: float(v) for k, v in metrics.items()}
+
+
+def decode_update(buf: bytes | bytearray | memoryview) -> Update:
+    tensors, metadata = decode(buf)
+    num_samples, base, metrics = parse_update_metadata(metadata)
+    weights = {k[len(WEIGHTS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(WEIGHTS_PREFIX)}
+    protos: dict[str, LocalPrototypes] = {}
+    for k, v in tensors.items():
+        if k.startswith(PROTO_PREFIX):
+            level = k[len(PROTO_PREFIX) :]
+            protos[level] = LocalPrototypes(
+                classes=tensors[PROTO_CLASSES_PREFIX + level],
+                vectors=v,
+                counts=tensors[PROTO_COUNTS_PREFIX + level],
+            )
+    return Update(weights, num_samples, base, protos, metrics)
+
+
+@dataclass
+class PrototypeTable:
+    """Complete prototypes of one level: dense over classes, count 0 where no prototype exists."""
+
+    vectors: np.ndarray  # float32 [C, d]
+    counts: np.ndarray  # float32 [C]
+
+    @property
+    def coverage(self) -> np.ndarray:
+        return self.counts > 0
+
+
+def encode_prototypes(levels: Mapping[str, PrototypeTable], model_version: int) -> bytes:
+    tensors: dict[str, np.ndarray] = {}
+    for level, t in levels.items():
+        tensors[PROTO_PREFIX + level] = np.asarray(t.vectors, dtype=np.float32)
+        tensors[PROTO_COUNTS_PREFIX + level] = np.asarray(t.counts, dtype=np.float32)
+    return encode(tensors, {"format": PROTOTYPES_FORMAT, "model_version": str(model_version)})
+
+
+def decode_prototypes(buf: bytes | bytearray | memoryview) -> dict[str, PrototypeTable]:
+    tensors, metadata = decode(buf)
+    if metadata.get("format") != PROTOTYPES_FORMAT:
+        raise TensorFormatError("malformed_tensors", f"metadata.format must be {PROTOTYPES_FORMAT!r}")
+    out = {}
+    for k, v in tensors.items():
+        if k.startswith(PROTO_PREFIX):
+            level = k[len(PROTO_PREFIX) :]
+            out[level] = PrototypeTable(vectors=v, counts=tensors[PROTO_COUNTS_PREFIX + level])
+    return out
+
+
+def encode_model(weights: Mapping[str, np.ndarray]) -> bytes:
+    return encode(weights, {"format": MODEL_FORMAT})
+
+
+def decode_model(buf: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
+    tensors, _ = decode(buf)
+    return tensors
