@@ -1,0 +1,11 @@
+"""Server-side aggregation in pure numpy: FedAvg, FedOpt and complete prototypes.
+
+Pure functions, no I/O, no torch (DESIGN.md contract 1). Updates are read zero-copy from their stored
+safetensors bytes (``bytes``, ``bytearray``, ``memoryview`` or an ``mmap.mmap`` of the file).
+"""
+
+from coordinator.aggregation.fedavg import Buffer, weighted_average
+from coordinator.aggregation.fedopt import fedopt_step
+from coordinator.aggregation.prototypes import PROTOTYPE_WEIGHTINGS, aggregate_prototypes
+
+__all__ = ["PROTOTYPE_WEIGHTINGS", "Buffer", "aggregate_prototypes", "fedopt_step", "weighted_average"]
