@@ -2,6 +2,7 @@
 
 Memory is O(model size): one accumulator per tensor plus a cache-sized scratch block, whatever the number
 of sources. Each source is read once, zero-copy, through :func:`client_sdk.tensors.tensor_view`.
+bench/aggregation.py measures it against a plain copy of the same bytes and against Flower's FedAvg.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from client_sdk.tensors import Header, TensorInfo, numpy_dtype, read_header, ten
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 
-# Elements per block when folding a large tensor: 256 KiB of float32 scratch plus the matching slice of the
-# accumulator stay in L2 while the source slice streams through.
+# Elements per block: 256 KiB of float32 accumulator plus as much scratch stay in L2 while the sources' blocks
+# stream through. 64 Ki was fastest of 16 Ki..256 Ki on the benchmark machine (docs/benchmarks.md).
 BLOCK_ELEMENTS = 64 * 1024
 
 
@@ -75,33 +76,37 @@ def _normalised_weights(sources: Sequence[tuple[Buffer, float]]) -> list[float]:
     return [w / total for w in weights]
 
 
-def _fold_tensor(acc: np.ndarray, x: np.ndarray, weight: float, first: bool, scratch: np.ndarray) -> None:
-    """acc = w*x (first source) or acc += w*x, in cache-sized blocks so the scratch never leaves L2."""
-    w = acc.dtype.type(weight)
+def _fold_tensor(views: Sequence[np.ndarray], fractions: Sequence[float], acc: np.ndarray, scratch: np.ndarray) -> None:
+    """acc = sum_i fractions[i] * views[i], one cache-sized block of the accumulator at a time.
+
+    The block of ``acc`` and ``scratch`` stay in L1/L2 while the same block of every source streams through
+    once, so memory traffic is one read of each source plus one write of the result.
+    """
     n = acc.size
-    if first:
-        np.multiply(x, w, out=acc, casting="unsafe")
-        return
-    if n <= BLOCK_ELEMENTS:
-        tmp = scratch[:n] if scratch.dtype == acc.dtype else np.empty(n, acc.dtype)
-        np.multiply(x, w, out=tmp, casting="unsafe")
-        np.add(acc, tmp, out=acc)
-        return
-    tmp = scratch if scratch.dtype == acc.dtype else np.empty(BLOCK_ELEMENTS, acc.dtype)
+    weights = [acc.dtype.type(f) for f in fractions]
+    first_view, first_weight = views[0], weights[0]
+    rest = list(zip(views[1:], weights[1:], strict=True))
     for lo in range(0, n, BLOCK_ELEMENTS):
         hi = min(lo + BLOCK_ELEMENTS, n)
-        t = tmp[: hi - lo]
         a = acc[lo:hi]
-        np.multiply(x[lo:hi], w, out=t, casting="unsafe")
-        np.add(a, t, out=a)
+        t = scratch[: hi - lo]
+        np.multiply(first_view[lo:hi], first_weight, out=a, casting="unsafe")
+        for view, weight in rest:
+            np.multiply(view[lo:hi], weight, out=t, casting="unsafe")
+            np.add(a, t, out=a)
 
 
-def _fold_source(
-    accs: list[np.ndarray], buf: Buffer, infos: Sequence[TensorInfo], weight: float, first: bool, scratch: np.ndarray
-) -> None:
-    # Views into ``buf`` live only inside this call, so the caller may close its mmap as soon as we return.
-    for acc, info in zip(accs, infos, strict=True):
-        _fold_tensor(acc, tensor_view(buf, info).reshape(-1), weight, first, scratch)
+def _average_slot(
+    slot: _Slot, buffers: Sequence[Buffer], infos: Sequence[TensorInfo], fractions: Sequence[float],
+    scratch: dict[np.dtype, np.ndarray],
+) -> np.ndarray:
+    # Views into the buffers live only inside this call, so the caller may close its mmaps once we return.
+    views = [tensor_view(buf, info).reshape(-1) for buf, info in zip(buffers, infos, strict=True)]
+    acc = np.empty(math.prod(slot.shape), slot.acc_dtype)
+    if slot.acc_dtype not in scratch:
+        scratch[slot.acc_dtype] = np.empty(BLOCK_ELEMENTS, slot.acc_dtype)
+    _fold_tensor(views, fractions, acc, scratch[slot.acc_dtype])
+    return _finish(acc, slot)
 
 
 def _finish(acc: np.ndarray, slot: _Slot) -> np.ndarray:
@@ -123,17 +128,22 @@ def weighted_average(sources: Sequence[tuple[Buffer, float]], prefix: str = "wei
     finite and > 0 and are normalised by their sum. Float tensors accumulate in float32 (float64 for F64)
     and come back in their own dtype; integer tensors come back as the rounded weighted mean, booleans as
     the weighted majority. Every source must hold the same prefixed names, shapes and dtypes as the first
-    (ValueError otherwise); content (NaN, ranges) is assumed validated on upload.
+    (ValueError otherwise, raised before any tensor byte is read); content (NaN, ranges) is assumed
+    validated on upload.
+
+    Every tensor byte of every source is read exactly once, zero-copy. The loop runs over blocks of each
+    output tensor and, inside, over the sources, so only one block of accumulator and scratch is hot; peak
+    memory is the output plus one block, whatever the number of sources (only the sources' headers are kept).
     """
     fractions = _normalised_weights(sources)
-    slots: list[_Slot] = []
-    accs: list[np.ndarray] = []
-    scratch = np.empty(BLOCK_ELEMENTS, np.float32)
-    for index, ((buf, _), fraction) in enumerate(zip(sources, fractions, strict=True)):
-        header = read_header(buf)
-        if index == 0:
-            slots = _slots(header, prefix)
-            accs = [np.empty(math.prod(s.shape), s.acc_dtype) for s in slots]
-        infos = _check_matches(header, slots, prefix, index)
-        _fold_source(accs, buf, infos, fraction, index == 0, scratch)
-    return {s.name[len(prefix) :]: _finish(acc, s) for s, acc in zip(slots, accs, strict=True)}
+    buffers = [buf for buf, _ in sources]
+    first = read_header(buffers[0])
+    slots = _slots(first, prefix)
+    infos = [_check_matches(first, slots, prefix, 0)]
+    infos += [_check_matches(read_header(buf), slots, prefix, i) for i, buf in enumerate(buffers[1:], start=1)]
+    scratch: dict[np.dtype, np.ndarray] = {}
+    out = {}
+    for k, slot in enumerate(slots):
+        slot_infos = [per_source[k] for per_source in infos]
+        out[slot.name[len(prefix) :]] = _average_slot(slot, buffers, slot_infos, fractions, scratch)
+    return out
