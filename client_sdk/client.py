@@ -84,7 +84,8 @@ ENV_SERVER_URL = "MFCPL_SERVER_URL"
 ENV_TOKEN = "MFCPL_TOKEN"
 ENV_ADMIN_TOKEN = "MFCPL_ADMIN_TOKEN"
 DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
-HEALTH_PATH = "/health"
+HEALTH_PATH = "/healthz"
+READY_PATH = "/readyz"
 
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -366,12 +367,19 @@ class MfcplClient:
 
     # -- misc -----------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
-        """The coordinator's health document (GET /health)."""
-        response = self.request("GET", HEALTH_PATH)
+        """Liveness: the coordinator's health document (GET /healthz)."""
+        return self._status_document(HEALTH_PATH)
+
+    def ready(self) -> dict[str, Any]:
+        """Readiness (GET /readyz): raises :class:`ServerError` (after retries) while not ready."""
+        return self._status_document(READY_PATH)
+
+    def _status_document(self, path: str) -> dict[str, Any]:
+        response = self.request("GET", path)
         try:
             body = response.json()
-        except ValueError as exc:
-            raise InvalidResponseError(f"GET {HEALTH_PATH}: not JSON") from exc
+        except ValueError:
+            return {"status": response.text.strip() or "ok"}
         return body if isinstance(body, dict) else {"status": body}
 
 
