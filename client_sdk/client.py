@@ -361,7 +361,7 @@ class MfcplClient:
             raise ContentIntegrityError(f"GET {path}: body sha256 {digest} does not match its ETag {etag}")
         if expected_sha256 is not None and expected_sha256.lower() != digest:
             raise ContentIntegrityError(f"GET {path}: body sha256 {digest}, expected {expected_sha256}")
-        if response.status_code == 200 and etag:
+        if etag and (response.status_code == 200 or cached is None):
             self.cache.put(path, etag, body)
         return body
 
