@@ -1,0 +1,99 @@
+"""The FastAPI application factory: ``uvicorn coordinator.app:create_app --factory``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from client_sdk.schemas import API_PREFIX
+from coordinator import __version__
+from coordinator.clients.router import router as clients_router
+from coordinator.core import Services
+from coordinator.db.migrate import upgrade
+from coordinator.events.router import router as events_router
+from coordinator.federations.router import router as federations_router
+from coordinator.health.router import router as health_router
+from coordinator.metrics.router import router as metrics_router
+from coordinator.models.router import router as models_router
+from coordinator.problems import BodySizeLimitMiddleware, install_problem_handlers
+from coordinator.rounds.router import router as rounds_router
+from coordinator.rounds.router import tasks_router
+from coordinator.rounds.service import tick
+from coordinator.settings import Settings, ensure_admin_token
+from coordinator.updates.router import router as updates_router
+
+log = logging.getLogger("mfcpl.app")
+
+DESCRIPTION = """
+Runs federated learning for multimodal data with missing modalities (MFCPL and baselines).
+
+An operator creates a **federation**, uploads **model version 0** and enrols **clients** (each gets a bearer
+token once). Clients report their modalities, then poll **tasks/next**: `train` round r from model version v
+(and the complete **prototypes**), post an **update** (safetensors) before the deadline, repeat. A round closes
+when every sampled participant reported, or at the deadline with a quorum; the coordinator averages weights
+(FedAvg by samples, or FedOpt) and class prototypes into the next model version. Watch it live on **events**
+(server-sent events) and **metrics**.
+
+Errors are `application/problem+json` (RFC 9457) with a stable `code`. Auth: `Authorization: Bearer <token>`.
+"""
+
+TAGS = [
+    {"name": "federations", "description": "Create and steer federations (operator)."},
+    {"name": "clients", "description": "Enrol, list and revoke clients; a client's own profile."},
+    {"name": "tasks", "description": "What a client should do next (pull-based)."},
+    {"name": "rounds", "description": "Round state machine: participants, deadline, quorum, received updates."},
+    {"name": "updates", "description": "Clients' results for a round (safetensors)."},
+    {"name": "models", "description": "Immutable model versions and complete prototypes (ETag = sha256)."},
+    {"name": "metrics", "description": "Per-round training metrics and evaluations."},
+    {"name": "events", "description": "Server-sent events of round transitions."},
+    {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
+]
+
+
+async def _round_timer(services: Services) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(tick, services)
+        except Exception:  # the timer must survive a bad tick (database blip, ...)
+            log.exception("round timer tick failed")
+        await asyncio.sleep(services.settings.tick_s)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    ensure_admin_token(settings)
+    services = Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.auto_migrate:
+            await asyncio.to_thread(upgrade, services.db.engine)
+        timer = asyncio.create_task(_round_timer(services))
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await timer
+            services.db.dispose()
+
+    app = FastAPI(title="mfcpl coordinator", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                  lifespan=lifespan)
+    app.state.services = services
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_json_bytes=settings.max_json_bytes,
+                       max_tensor_bytes=settings.max_update_bytes)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["ETag"])
+    for router in (federations_router, clients_router, tasks_router, rounds_router, updates_router, models_router,
+                   metrics_router, events_router):
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(health_router)
+    return app

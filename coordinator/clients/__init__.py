@@ -1,0 +1,1 @@
+"""Enrolled clients: tokens (hashed), profiles, leases."""

@@ -1,0 +1,18 @@
+"""Imports every ORM module so ``Base.metadata`` is complete (Alembic, tests)."""
+
+from coordinator.blobs.orm import BlobRow
+from coordinator.clients.orm import ClientRow
+from coordinator.db.base import Base
+from coordinator.events.orm import EventRow
+from coordinator.federations.orm import FederationRow
+from coordinator.metrics.orm import EvaluationRow
+from coordinator.models.orm import ModelVersionRow, PrototypeSetRow
+from coordinator.rounds.orm import RoundRow
+from coordinator.updates.orm import UpdateRow
+
+metadata = Base.metadata
+
+__all__ = [
+    "BlobRow", "ClientRow", "EvaluationRow", "EventRow", "FederationRow", "ModelVersionRow", "PrototypeSetRow",
+    "RoundRow", "UpdateRow", "metadata",
+]

@@ -1,0 +1,1 @@
+"""Federations: configuration and status."""

@@ -1,0 +1,1 @@
+"""Per-round metrics and evaluations."""

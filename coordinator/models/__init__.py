@@ -1,0 +1,1 @@
+"""Model versions and complete prototype sets: immutable, content-addressed blobs."""

@@ -1,0 +1,57 @@
+"""/v1/federations/{fid}/tasks/next and /rounds."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from sqlalchemy import select
+
+from client_sdk.schemas import ErrorCode, Round, Task
+from coordinator.auth import Principal, require_client, require_reader
+from coordinator.core import Services, get_services
+from coordinator.federations import service as federations
+from coordinator.openapi import ROUND_EXAMPLE, TASK_TRAIN_EXAMPLE, example, problems
+from coordinator.problems import ProblemError
+from coordinator.rounds.orm import RoundRow
+from coordinator.rounds.service import round_schema
+from coordinator.rounds.tasks import next_task
+
+tasks_router = APIRouter(prefix="/federations/{fid}", tags=["tasks"])
+router = APIRouter(prefix="/federations/{fid}/rounds", tags=["rounds"])
+
+
+@tasks_router.get(
+    "/tasks/next", response_model=Task, response_model_exclude_none=True, summary="What should this client do now",
+    description="Pull-based scheduling for clients behind NAT. `train`: train round r from model version v (and the "
+    "complete prototypes, if any) with this config and seed, and post the update before the deadline. `wait`: ask "
+    "again after `retry_after_s`. `done`: the federation finished or was cancelled. Every call renews the client's "
+    "lease; a client whose lease lapses is not sampled.",
+    responses={200: example(TASK_TRAIN_EXAMPLE), **problems(401, 403, 404)},
+)
+def get_next_task(fid: str, principal: Principal = Depends(require_client),
+                  services: Services = Depends(get_services)) -> Task:
+    assert principal.client_id is not None
+    return next_task(services, fid, principal.client_id)
+
+
+@router.get("", response_model=list[Round], summary="List rounds",
+            description="Every round in order, with its state, sampled participants, seed, received count, input "
+            "and output model versions and the sample-weighted mean of the metrics clients reported.",
+            responses={200: example([ROUND_EXAMPLE]), **problems(401, 403, 404)})
+def list_rounds(fid: str, _: Principal = Depends(require_reader),
+                services: Services = Depends(get_services)) -> list[Round]:
+    with services.db.read() as session:
+        federations.get_row(session, fid)
+        rows = session.scalars(select(RoundRow).where(RoundRow.federation_id == fid).order_by(RoundRow.number))
+        return [round_schema(r) for r in rows]
+
+
+@router.get("/{r}", response_model=Round, summary="Get a round",
+            responses={200: example(ROUND_EXAMPLE), **problems(401, 403, 404)})
+def get_round(fid: str, r: int, _: Principal = Depends(require_reader),
+              services: Services = Depends(get_services)) -> Round:
+    with services.db.read() as session:
+        federations.get_row(session, fid)
+        row = session.get(RoundRow, (fid, r))
+        if row is None:
+            raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} has no round {r}")
+        return round_schema(row)

@@ -1,0 +1,1 @@
+"""Client updates: streamed ingestion, validation, idempotency."""

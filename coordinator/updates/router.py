@@ -1,0 +1,71 @@
+"""/v1/federations/{fid}/rounds/{r}/updates: a client's result for a round."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
+
+from client_sdk.schemas import IDEMPOTENCY_HEADER, UpdateReceipt
+from coordinator.auth import Principal, require_admin, require_client
+from coordinator.bodies import read_capped_body, require_tensor_media_type
+from coordinator.core import Services, get_services
+from coordinator.observability import UPDATE_BYTES, UPDATE_REFUSALS, UPDATES
+from coordinator.openapi import RECEIPT_EXAMPLE, SAFETENSORS_BODY, example, problems
+from coordinator.problems import ProblemError
+from coordinator.rounds.service import close_if_due
+from coordinator.updates import service
+
+router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["updates"])
+
+
+@router.post(
+    "", status_code=201, response_model=UpdateReceipt, summary="Submit an update for a round",
+    description="The body is a safetensors document (`mfcpl.update.v1`): `weights/<name>` for every tensor of the "
+    "round's input model (same shapes and dtypes), optional local prototypes per level (`shared` or a declared "
+    "modality) with class ids and counts, metadata `num_samples`, `base_model_version` and `metrics`.\n\n"
+    "The update is acknowledged (201) only after its bytes and its row are durably committed. Repeating the same "
+    "body (or the same `Idempotency-Key`) answers 200 with `replayed: true`, even after the round closed; a "
+    "different body for the same client and round is refused (409 `idempotency_conflict`). Refusals change "
+    "nothing: 401 bad token, 403 `not_participant`, 404 unknown round, 409 `round_not_open` / `stale_round` / "
+    "`federation_not_running`, 413 too large, 415 wrong media type, 422 `malformed_tensors`, `missing_tensor`, "
+    "`unknown_tensor`, `shape_mismatch`, `dtype_mismatch`, `non_finite`, `class_out_of_range`.",
+    openapi_extra=SAFETENSORS_BODY,
+    responses={201: example(RECEIPT_EXAMPLE, "Accepted and durable."),
+               200: example(RECEIPT_EXAMPLE | {"replayed": True}, "A replay of an accepted update."),
+               **problems(401, 403, 404, 409, 413, 415, 422)},
+)
+async def post_update(
+    fid: str, r: int, request: Request,
+    idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, max_length=200)] = None,
+    principal: Principal = Depends(require_client), services: Services = Depends(get_services),
+) -> JSONResponse:
+    assert principal.client_id is not None
+    try:
+        require_tensor_media_type(request)
+        body = await read_capped_body(request, services.settings.max_update_bytes)
+        result = await run_in_threadpool(service.ingest, services, fid, r, principal.client_id, body,
+                                         idempotency_key)
+    except ProblemError as exc:
+        UPDATES.labels("refused").inc()
+        UPDATE_REFUSALS.labels(exc.code).inc()
+        raise
+    if not result.created:
+        UPDATES.labels("replayed").inc()
+        return JSONResponse(result.receipt.model_dump(mode="json"), status_code=200)
+    UPDATES.labels("accepted").inc()
+    UPDATE_BYTES.inc(result.receipt.size_bytes)
+    # The last participant's update closes the round right after the response, without waiting for the timer.
+    background = BackgroundTask(close_if_due, services, fid, r) if result.round_complete else None
+    return JSONResponse(result.receipt.model_dump(mode="json"), status_code=201, background=background)
+
+
+@router.get("", response_model=list[UpdateReceipt], summary="List a round's accepted updates",
+            responses={200: example([RECEIPT_EXAMPLE]), **problems(401, 403, 404)})
+def list_updates(fid: str, r: int, _: Principal = Depends(require_admin),
+                 services: Services = Depends(get_services)) -> list[UpdateReceipt]:
+    with services.db.read() as session:
+        return service.list_updates(session, fid, r)

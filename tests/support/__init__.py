@@ -1,0 +1,1 @@
+"""Shared test helpers: a real coordinator process, federation builders, known tensors."""
