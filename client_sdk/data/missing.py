@@ -183,3 +183,31 @@ def simulate_missing(
     corrupted.options = {**federation.options, "missing_rule": str(MissingRule(rule)), "missing_q": q,
                          "missing_seed": seed}
     return corrupted, summarize_missing(clients, rule, q, seed)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m client_sdk.data missing``: print the partition and missing-modality counts for some seeds."""
+    import argparse
+
+    from client_sdk.data.registry import load_federation
+
+    parser = argparse.ArgumentParser(prog="python -m client_sdk.data missing", description=main.__doc__)
+    parser.add_argument("--dataset", default="uci_har")
+    parser.add_argument("--data-dir", help="folder holding the datasets (default: $MFCPL_DATA_DIR or the cache)")
+    parser.add_argument("--rule", default="client", choices=[r.value for r in MissingRule])
+    parser.add_argument("--q", type=float, default=0.8)
+    parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet alpha (uci_har)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    args = parser.parse_args(argv)
+    for seed in args.seeds:
+        options: dict[str, object] = {"seed": seed, "alpha": args.alpha} if args.dataset == "uci_har" else {}
+        federation = load_federation(args.dataset, args.data_dir, **options)
+        sizes = [len(c) for c in federation.clients]
+        print(
+            f"seed {seed}: {len(sizes)} clients, shard sizes {min(sizes)}..{max(sizes)}, "
+            f"train {sum(sizes)}, dev {len(federation.dev)}, test {len(federation.test)}"
+        )
+        _, summary = simulate_missing(federation, args.rule, args.q, seed)
+        print(f"  {summary}")
+    return 0
+

@@ -10,7 +10,7 @@ Sources, in the order :func:`load_uci_har` looks for them under ``<data_dir>/uci
 The official files keep each subject's windows in time order, so ``segment`` (runs of 50%-overlapping
 windows) is rebuilt by chaining rows whose overlaps match exactly; the npz ships it precomputed.
 
-Run ``python -m client_sdk.data.uci_har fetch`` to download the official zip into the data directory.
+Run ``python -m client_sdk.data uci_har fetch`` to download the official zip into the data directory.
 """
 
 from __future__ import annotations
@@ -258,7 +258,7 @@ def load_uci_har(data_dir: str | os.PathLike[str] | None = None) -> UciHar:
         return load_uci_har_zip(zips[0])
     raise DatasetNotFoundError(
         f"UCI-HAR not found in {folder} (looked for {NPZ_NAME}, '{OFFICIAL_FOLDER}/', *.zip). "
-        f"Download it with: python -m client_sdk.data.uci_har fetch --dest {folder}"
+        f"Download it with: python -m client_sdk.data uci_har fetch --dest {folder}"
     )
 
 
@@ -508,8 +508,8 @@ def _check_subjects(wanted: Sequence[int] | None, pool: list[int], kind: str) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m client_sdk.data.uci_har {fetch,info}``."""
-    parser = argparse.ArgumentParser(prog="python -m client_sdk.data.uci_har", description=__doc__.split("\n")[0])
+    """``python -m client_sdk.data uci_har {fetch,info}``."""
+    parser = argparse.ArgumentParser(prog="python -m client_sdk.data uci_har", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download the official zip into <data dir>/uci_har")
     fetch.add_argument("--dest", help="target folder (default: $MFCPL_DATA_DIR or ~/.cache/mfcpl/datasets, + /uci_har)")
@@ -537,6 +537,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client_sdk.data.__main__ import main
 from client_sdk.data.federated import DatasetNotFoundError
 from client_sdk.data.uci_har import (
     CLASS_NAMES,
@@ -23,7 +24,6 @@ from client_sdk.data.uci_har import (
     load_uci_har_dir,
     load_uci_har_npz,
     load_uci_har_zip,
-    main,
     rebuild_segments,
     znormalize_windows,
 )
@@ -215,11 +215,14 @@ def test_fetch_refuses_bad_checksum_and_http_errors(file_server: FileServer, tmp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_fetch_and_info(file_server: FileServer, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_fetch_and_info(
+    file_server: FileServer, tmp_path: Path, shared_data_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
     file_server.files["/d.zip"] = b"payload"
-    assert main(["fetch", "--dest", str(tmp_path), "--url", file_server.url + "/d.zip"]) == 0
+    assert main(["uci_har", "fetch", "--dest", str(tmp_path), "--url", file_server.url + "/d.zip"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "d.zip")
-    assert main(["fetch", "--dest", str(tmp_path), "--url", file_server.url + "/gone.zip", "--force"]) == 1
+    assert main(["uci_har", "fetch", "--dest", str(tmp_path), "--url", file_server.url + "/gone.zip", "--force"]) == 1
     assert "404" in capsys.readouterr().err
-    assert main(["info", "--data-dir", str(Path(__file__).resolve().parents[2] / ".." / "shared" / "data")]) == 0
+    assert main(["uci_har", "info", "--data-dir", str(shared_data_dir)]) == 0
     assert "train: 7352 windows" in capsys.readouterr().out
+    assert main([]) == 2 and "usage" in capsys.readouterr().err
