@@ -20,7 +20,7 @@ router = APIRouter(prefix="/federations/{fid}/rounds", tags=["rounds"])
 
 
 @tasks_router.get(
-    "/tasks/next", response_model=Task, response_model_exclude_none=True, summary="What should this client do now",
+    "/tasks/next", response_model=Task, summary="What should this client do now",
     description="Pull-based scheduling for clients behind NAT. `train`: train round r from model version v (and the "
     "complete prototypes, if any) with this config and seed, and post the update before the deadline. `wait`: ask "
     "again after `retry_after_s`. `done`: the federation finished or was cancelled. Every call renews the client's "
