@@ -31,11 +31,22 @@ _MASKED_LOGIT = -1e4  # logit of a class without prototype: exp() underflows to 
 
 
 def zero_like_graph(*tensors: Tensor) -> Tensor:
-    """A scalar 0 that depends on ``tensors`` (so backward() works and yields zero gradients)."""
+    """A scalar 0 that depends on ``tensors`` (so backward() works and yields zero gradients).
+
+    With no tensor, a leaf 0 that requires grad (backward() still works).
+    """
+    if not tensors:
+        return torch.zeros((), requires_grad=True)
     total = torch.zeros((), device=tensors[0].device, dtype=tensors[0].dtype)
     for t in tensors:
         total = total + t.sum() * 0.0
     return total
+
+
+def _present_only(u: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> list[Tensor]:
+    """The embeddings of modalities present in at least one row: an absent modality's head must stay out of
+    the graph (a zero gradient would still let weight decay and momentum move its weights)."""
+    return [u[m] for m in u if bool(present[m].any())]
 
 
 def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -107,7 +118,7 @@ def cmpc_loss(
             total = part if total is None else total + part
             count += n
     if total is None or count == 0:
-        return zero_like_graph(*u.values())
+        return zero_like_graph(*_present_only(u, present))
     return total / count
 
 
@@ -129,18 +140,16 @@ def cma_loss(u: Mapping[str, Tensor], present: Mapping[str, Tensor], distance: D
     distance (``l2``), the L1 distance (``l1``) or the summed smooth-L1 (Huber, beta 1; ``smooth_l1``).
     Each unordered pair counts once. Samples with fewer than two modalities are not in the mean.
     """
-    names = list(u)
-    if len(names) < 2:
-        return zero_like_graph(*u.values())
-    batch = next(iter(u.values())).shape[0]
-    per_sample = torch.zeros(batch, device=u[names[0]].device, dtype=u[names[0]].dtype)
+    names = [m for m in u if bool(present[m].any())]
+    eligible = torch.stack([present[m] for m in names]).sum(dim=0) >= 2 if len(names) >= 2 else None
+    if eligible is None or not bool(eligible.any()):
+        return zero_like_graph(*_present_only(u, present))
+    per_sample = torch.zeros(eligible.shape[0], device=u[names[0]].device, dtype=u[names[0]].dtype)
     for i, m in enumerate(names):
         for n in names[i + 1 :]:
             both = present[m] & present[n]
-            per_sample = per_sample + torch.where(both, _pair_distance(u[m], u[n], distance), 0.0)
-    eligible = torch.stack([present[m] for m in names]).sum(dim=0) >= 2
-    if not bool(eligible.any()):
-        return zero_like_graph(*u.values())
+            if bool(both.any()):
+                per_sample = per_sample + torch.where(both, _pair_distance(u[m], u[n], distance), 0.0)
     return per_sample[eligible].mean()
 
 
@@ -189,5 +198,5 @@ def prototype_clip_loss(
         total = part if total is None else total + part
         count += n
     if total is None or count == 0:
-        return zero_like_graph(*u.values())
+        return zero_like_graph(*_present_only(u, present))
     return total / count

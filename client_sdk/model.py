@@ -271,10 +271,11 @@ class MultimodalModel(nn.Module):
         self,
         inputs: Mapping[str, Tensor],
         present: Mapping[str, Tensor],
-        fill: Mapping[str, Tensor] | None = None,
+        fill: Mapping[str, tuple[Tensor, Tensor]] | None = None,
     ) -> ModelOutput:
-        """``inputs[m]`` [B, *shape_m], ``present[m]`` [B] bool. ``fill[m]`` ([B, d], optional) stands in, as a
-        1-step sequence, for modality m where it is missing (PmcmFL's prototype completion)."""
+        """``inputs[m]`` [B, *shape_m], ``present[m]`` [B] bool. ``fill[m] = (vectors [B, d], usable [B] bool)``
+        (optional) stands in, as a 1-step sequence, for modality m where it is missing and ``usable``
+        (PmcmFL's prototype completion)."""
         seqs, masks, h = [], [], {}
         for name in self.modalities:
             p = present[name].bool()
@@ -283,8 +284,10 @@ class MultimodalModel(nn.Module):
             seqs.append(seq)
             masks.append(valid)
             if fill is not None and name in fill:
-                seqs.append(fill[name].unsqueeze(1) * (~p).unsqueeze(-1).unsqueeze(-1))
-                masks.append((~p).unsqueeze(1))
+                vectors, usable = fill[name]
+                use = usable.bool() & ~p
+                seqs.append((vectors * use.unsqueeze(-1)).unsqueeze(1))
+                masks.append(use.unsqueeze(1))
         z = self.fusion(torch.cat(seqs, dim=1), torch.cat(masks, dim=1))
         penultimate = self.classifier_body(z)
         logits = self.classifier_out(penultimate)

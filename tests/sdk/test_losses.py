@@ -155,3 +155,14 @@ def test_prototype_clip_loss_uses_own_modality_prototypes():
     cov = {"a": torch.tensor([True, True])}
     loss = prototype_clip_loss(u, present, torch.tensor([0]), protos, cov, tau=1.0)
     assert loss.item() == pytest.approx(-math.log(math.e / (math.e + 1)), rel=1e-6)
+
+
+def test_wholly_absent_modality_stays_out_of_the_graph():
+    # a zero gradient would still let weight decay and momentum move the absent modality's head
+    a = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    b = torch.tensor([[0.0, 1.0]], requires_grad=True)
+    present = {"a": torch.tensor([True]), "b": torch.tensor([False])}
+    u = {"a": a, "b": b}
+    total = cma_loss(u, present) + cmpc_loss(u, present, torch.tensor([0]), {"shared": P}, {"shared": COV}, 0.5)
+    total.backward()
+    assert b.grad is None and a.grad is not None

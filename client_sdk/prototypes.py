@@ -1,0 +1,149 @@
+"""Local prototypes: per-class means of the model's embeddings over a client's samples (no-grad pass).
+
+Levels (METHOD.md): ``shared`` is the mean fused embedding ``s`` per class over the *complete* samples
+(every modality present); each modality m has its own level, the mean ``u^m`` per class over the samples
+that have m. FedProto uses the classifier's penultimate features of *all* samples as its ``shared``
+level; PmcmFL uses the per-modality encoder features ``h^m``. Counts travel with the rows so the
+coordinator can weight by them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from client_sdk.data import MultimodalArrays
+from client_sdk.model import MultimodalModel
+from client_sdk.tensors import LocalPrototypes
+
+SharedFeature = Literal["s", "penultimate"]
+ModalityFeature = Literal["u", "h"]
+SharedFrom = Literal["complete", "all"]
+
+
+@dataclass
+class Embeddings:
+    """Every sample's embeddings from one no-grad pass, as numpy (float32)."""
+
+    logits: np.ndarray  # [N, C]
+    s: np.ndarray  # [N, d_p]
+    penultimate: np.ndarray  # [N, hidden]
+    h: dict[str, np.ndarray]  # [N, d]
+    u: dict[str, np.ndarray]  # [N, d_p]
+
+
+def batch_tensors(
+    model: MultimodalModel, data: MultimodalArrays, index: np.ndarray
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The model's inputs and presence masks for rows ``index`` of ``data``.
+
+    A modality the model declares but ``data`` does not hold is fed as zeros, absent for every row.
+    """
+    inputs: dict[str, torch.Tensor] = {}
+    present: dict[str, torch.Tensor] = {}
+    for name, spec in model.specs.items():
+        if name in data.inputs:
+            inputs[name] = torch.from_numpy(np.ascontiguousarray(data.inputs[name][index]))
+            present[name] = torch.from_numpy(np.ascontiguousarray(data.present[name][index]))
+        else:
+            dtype = torch.int64 if spec.kind == "text" else torch.float32
+            inputs[name] = torch.zeros(len(index), *spec.shape, dtype=dtype)
+            present[name] = torch.zeros(len(index), dtype=torch.bool)
+        if spec.kind != "text":
+            inputs[name] = inputs[name].float()
+    return inputs, present
+
+
+def present_matrix(model: MultimodalModel, data: MultimodalArrays) -> np.ndarray:
+    """[N, M] bool: sample i has the model's modality j (a modality absent from ``data`` is missing)."""
+    cols = [data.present[m] if m in data.present else np.zeros(len(data), bool) for m in model.modalities]
+    return np.stack(cols, axis=1) if cols else np.zeros((len(data), 0), bool)
+
+
+@torch.no_grad()
+def embed(model: MultimodalModel, data: MultimodalArrays, batch_size: int = 256) -> Embeddings:
+    """One eval-mode pass over ``data`` (the model's train/eval mode is restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "s": [], "penultimate": []}
+    h: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
+    u: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
+    try:
+        for start in range(0, len(data), batch_size):
+            index = np.arange(start, min(start + batch_size, len(data)))
+            out = model(*batch_tensors(model, data, index))
+            parts["logits"].append(out.logits.numpy())
+            parts["s"].append(out.s.numpy())
+            parts["penultimate"].append(out.penultimate.numpy())
+            for m in model.modalities:
+                h[m].append(out.h[m].numpy())
+                u[m].append(out.u[m].numpy())
+    finally:
+        model.train(was_training)
+
+    def cat(chunks: list[np.ndarray], width: int) -> np.ndarray:
+        return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+
+    return Embeddings(
+        logits=cat(parts["logits"], model.num_classes),
+        s=cat(parts["s"], model.proto_dim),
+        penultimate=cat(parts["penultimate"], model.classifier_out.in_features),
+        h={m: cat(v, model.hidden_dim) for m, v in h.items()},
+        u={m: cat(v, model.proto_dim) for m, v in u.items()},
+    )
+
+
+def class_means(vectors: np.ndarray, labels: np.ndarray, mask: np.ndarray) -> LocalPrototypes | None:
+    """Per-class mean of ``vectors[mask]``, for the classes that have at least one selected row."""
+    labels = np.asarray(labels)[mask]
+    if labels.size == 0:
+        return None
+    vectors = np.asarray(vectors, np.float64)[mask]
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(classes), vectors.shape[1]))
+    np.add.at(sums, inverse, vectors)
+    return LocalPrototypes(
+        classes=classes.astype(np.int64),
+        vectors=(sums / counts[:, None]).astype(np.float32),
+        counts=counts.astype(np.float32),
+    )
+
+
+def local_prototypes(
+    model: MultimodalModel,
+    data: MultimodalArrays,
+    levels: Iterable[str] | None = None,
+    *,
+    shared_feature: SharedFeature = "s",
+    shared_from: SharedFrom = "complete",
+    modality_feature: ModalityFeature = "u",
+    batch_size: int = 256,
+    embeddings: Embeddings | None = None,
+) -> dict[str, LocalPrototypes]:
+    """Local prototypes of the requested ``levels`` (default: ``shared`` and every modality).
+
+    A level with no eligible sample (e.g. ``shared`` on a client without complete samples) is left out,
+    as is every class without an eligible sample.
+    """
+    wanted = ["shared", *model.modalities] if levels is None else list(levels)
+    unknown = [lv for lv in wanted if lv != "shared" and lv not in model.modalities]
+    if unknown:
+        raise ValueError(f"unknown prototype levels {unknown}; expected 'shared' or one of {model.modalities}")
+    emb = embeddings if embeddings is not None else embed(model, data, batch_size)
+    has = present_matrix(model, data)
+    out: dict[str, LocalPrototypes] = {}
+    for level in wanted:
+        if level == "shared":
+            mask = has.all(axis=1) if shared_from == "complete" else has.any(axis=1)
+            vectors = emb.s if shared_feature == "s" else emb.penultimate
+        else:
+            mask = has[:, model.modalities.index(level)]
+            vectors = emb.u[level] if modality_feature == "u" else emb.h[level]
+        protos = class_means(vectors, data.labels, mask)
+        if protos is not None:
+            out[level] = protos
+    return out
