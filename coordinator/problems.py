@@ -25,7 +25,7 @@ log = logging.getLogger("mfcpl.problems")
 TENSOR_CONTENT_TYPES = (SAFETENSORS_CONTENT_TYPE, "application/octet-stream")
 
 # Status of each tensor-format code from client_sdk.tensors.
-TENSOR_ERROR_STATUS = {
+TENSOR_ERROR_STATUS: dict[str, int] = {
     ErrorCode.MALFORMED_TENSORS: 422,
     ErrorCode.MISSING_TENSOR: 422,
     ErrorCode.UNKNOWN_TENSOR: 422,
@@ -59,8 +59,7 @@ class ProblemError(Exception):
 
     @classmethod
     def from_tensor_error(cls, exc: TensorFormatError) -> ProblemError:
-        return cls(TENSOR_ERROR_STATUS.get(ErrorCode(exc.code), 422) if exc.code in ErrorCode else 422,
-                   exc.code, exc.detail)
+        return cls(TENSOR_ERROR_STATUS.get(exc.code, 422), exc.code, exc.detail)
 
 
 def problem_response(

@@ -107,7 +107,8 @@ def test_mfcpl_federation_averages_weights_and_prototypes(coordinator: Coordinat
         assert latest["version"] == 2
         weights = admin.get(f"/v1/federations/{fid}/models/latest/weights")
         assert weights.headers["etag"] == f'"{latest["sha256"]}"'
-        cached = admin.get(f"/v1/federations/{fid}/models/2/weights", headers={"If-None-Match": weights.headers["etag"]})
+        etag = weights.headers["etag"]
+        cached = admin.get(f"/v1/federations/{fid}/models/2/weights", headers={"If-None-Match": etag})
         assert cached.status_code == 304 and cached.content == b""
         # A client token reads its own federation's models too.
         assert clients[1].http.get(f"/v1/federations/{fid}/models/1").json()["round"] == 1
