@@ -1,0 +1,265 @@
+"""``mfcpl simulate`` (one federated experiment) and ``mfcpl sweep`` (a grid of them, resumable)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client_sdk.experiments.config import QUICK_PRESET, ExperimentConfig
+from client_sdk.schemas import Algorithm
+
+DEFAULT_RESULTS_DIR = Path("docs/results/runs")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
+    """``training.lambda_cmpr=0.1``, ``model.hidden_dim=64``, ``training.options.prototype_space="projection"``."""
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _parse_value(value)
+    return data
+
+
+def _add_experiment_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("experiment (defaults: the FedMultimodal UCI-HAR protocol of METHOD.md)")
+    g.add_argument("--dataset", default=None, help="uci_har (default), fsdd_av, ...")
+    g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATA_DIR or the user cache)")
+    g.add_argument("--alpha", type=float, default=None, help="Dirichlet label skew (default 0.1)")
+    g.add_argument("--max-clients", type=int, default=None, help="use only the first N clients")
+    g.add_argument("--subjects", default=None, help="UCI-HAR training subjects, comma-separated (default all 21)")
+    g.add_argument("--clients-per-round", type=int, default=None, help="default 10")
+    g.add_argument("--rounds", type=int, default=None, help="default 200")
+    g.add_argument("--local-epochs", type=int, default=None, help="default 1")
+    g.add_argument("--lr", type=float, default=None, help="default 0.05")
+    g.add_argument("--batch-size", type=int, default=None, help="default 16")
+    g.add_argument("--eval-every", type=int, default=None, help="evaluate every N rounds (default 5)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any setting, e.g. training.lambda_cmpr=0.1 or training.options.prototype_space=projection")
+    g.add_argument("--tag", default=None, help="label that becomes part of the run id")
+    g.add_argument("--quick", action="store_true",
+                   help=f"a preset that learns within minutes on 2 cores: {json.dumps(QUICK_PRESET)}")
+
+
+def config_from_args(args: argparse.Namespace, algorithm: str, missing_rate: float, missing_mode: str,
+                     seed: int) -> ExperimentConfig:
+    data: dict[str, Any] = json.loads(json.dumps(QUICK_PRESET)) if args.quick else {}
+    data.update({"algorithm": algorithm, "missing_rate": missing_rate, "missing_mode": missing_mode, "seed": seed})
+    for key in ("dataset", "data_dir", "alpha", "max_clients", "clients_per_round", "rounds", "eval_every", "tag"):
+        value = getattr(args, key)
+        if value is not None:
+            data[key] = value
+    if args.subjects:
+        data["subjects"] = [int(s) for s in args.subjects.split(",")]
+    training = data.setdefault("training", {})
+    for key in ("local_epochs", "lr", "batch_size"):
+        value = getattr(args, key)
+        if value is not None:
+            training[key] = value
+    apply_overrides(data, args.set)
+    return ExperimentConfig.model_validate(data)
+
+
+def _print_result(result: Any) -> None:
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    rows = [
+        ("run", result.run_id),
+        ("transport", result.transport),
+        ("clients that can train", str(result.trainable_clients)),
+        ("best dev round", str(result.best_dev_round)),
+        ("best dev macro-F1", pct(result.best_dev_macro_f1)),
+        ("test macro-F1 at best dev", pct(result.test_at_best_dev.get("macro_f1"))),
+        ("test accuracy at best dev", pct(result.test_at_best_dev.get("accuracy"))),
+        ("smoothed test macro-F1 (last 10 evals)", pct(result.smoothed_test_macro_f1)),
+        ("final test macro-F1", pct(result.final_test.get("macro_f1"))),
+        ("wall time", f"{result.wall_time_s:.1f} s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"  {k:<{width}}  {v}")
+
+
+def simulate_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="mfcpl simulate",
+                                description="Run one simulated federation through a real coordinator over HTTP.")
+    p.add_argument("--algorithm", default="mfcpl", choices=[a.value for a in Algorithm])
+    p.add_argument("--missing-rate", type=float, default=0.0, help="q, the missing-modality rate")
+    p.add_argument("--missing-mode", default="client", choices=["client", "sample"])
+    p.add_argument("--seed", type=int, default=1)
+    _add_experiment_args(p)
+    p.add_argument("--config-json", help="a whole ExperimentConfig as JSON (overrides the options above)")
+    p.add_argument("--out", default=None, help="output directory (default runs/<run id>)")
+    p.add_argument("--server", default=None, help="use this coordinator instead of an embedded one")
+    p.add_argument("--admin-token", default=os.environ.get("MFCPL_ADMIN_TOKEN"), help="with --server")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="client worker processes")
+    p.add_argument("--in-process", action="store_true", help="no coordinator, no HTTP (the cost baseline)")
+    p.add_argument("--compare", action="store_true", help="run in-process and over HTTP; print the wall-time ratio")
+    p.add_argument("--results-dir", default=None, help="also copy result.json here as <run id>.json")
+    args = p.parse_args(argv)
+    if args.config_json:
+        cfg = ExperimentConfig.model_validate_json(args.config_json)
+    else:
+        cfg = config_from_args(args, args.algorithm, args.missing_rate, args.missing_mode, args.seed)
+    out = Path(args.out or Path("runs") / cfg.run_id())
+    from client_sdk.experiments.runner import run_experiment, run_experiment_inprocess
+
+    results = []
+    if args.in_process or args.compare:
+        results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
+                                                workers=args.workers))
+    if not args.in_process:
+        results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
+                                      admin_token=args.admin_token, workers=args.workers))
+    for result in results:
+        print(f"\nresult ({result.transport}):")
+        _print_result(result)
+    if args.compare:
+        inproc, http = results
+        same = inproc.test_at_best_dev == http.test_at_best_dev
+        print(f"\nwall time over HTTP / in-process: {http.wall_time_s / inproc.wall_time_s:.3f} "
+              f"({http.wall_time_s:.1f}s / {inproc.wall_time_s:.1f}s); identical scores: {same}")
+    if args.results_dir:
+        dest = Path(args.results_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        final = results[-1]
+        shutil.copyfile((out / "http" if args.compare else out) / "result.json", dest / f"{final.run_id}.json")
+    print(f"\noutputs in {out}/ (result.json, history.csv, history.json, f1_per_round.png, final_model.safetensors)")
+    return 0
+
+
+def _split(text: str, cast: type) -> list[Any]:
+    return [cast(x) for x in text.split(",") if x.strip()]
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="mfcpl sweep",
+        description="Run methods x missing rates x modes x seeds (resumes: finished runs are skipped), then write a "
+                    "markdown table of mean and std over seeds.")
+    p.add_argument("--methods", default="fedavg,fedprox,fedopt,fedproto,mfcpl")
+    p.add_argument("--rates", default="0.8")
+    p.add_argument("--modes", default="client")
+    p.add_argument("--seeds", default="1,2,3")
+    _add_experiment_args(p)
+    p.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="one JSON per finished run")
+    p.add_argument("--runs-dir", default="runs/sweep", help="full outputs of each run")
+    p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time")
+    p.add_argument("--table", default=None, help="write the markdown table here (default: print it)")
+    p.add_argument("--table-only", action="store_true", help="only rebuild the table from --results-dir")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    args = p.parse_args(argv)
+    results_dir = Path(args.results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    configs = [
+        config_from_args(args, method, rate, mode, seed)
+        for method, rate, mode, seed in itertools.product(
+            _split(args.methods, str), _split(args.rates, float), _split(args.modes, str), _split(args.seeds, int))
+    ]
+    if not args.table_only:
+        todo = [c for c in configs if not (results_dir / f"{c.run_id()}.json").exists()]
+        print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run, "
+              f"{args.parallel} at a time")
+        if args.dry_run:
+            for c in configs:
+                print(("done  " if c not in todo else "todo  ") + c.run_id())
+            return 0
+        _run_all(todo, results_dir, Path(args.runs_dir), args.parallel)
+    from client_sdk.experiments.results import load_results, results_table
+
+    wanted = {c.run_id() for c in configs}
+    results = [r for r in load_results(results_dir.glob("*.json")) if r.run_id in wanted]
+    table = results_table(results)
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(table)
+        _missing_rate_plot(results, Path(args.table).with_suffix(".png"))
+        print(f"table written to {args.table}")
+    print(table)
+    return 0
+
+
+def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:
+    by_method: dict[str, dict[float, list[float]]] = {}
+    for r in results:
+        if "macro_f1" in r.test_at_best_dev:
+            q = r.config.missing_rate
+            by_method.setdefault(f"{r.config.algorithm}{'-' + r.config.tag if r.config.tag else ''}", {}) \
+                .setdefault(q, []).append(r.test_at_best_dev["macro_f1"])
+    if not any(len(v) > 1 for v in by_method.values()):
+        return
+    from client_sdk.experiments.plots import plot_missing_rate
+
+    points = {m: [(q, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for q, v in qs.items()]
+              for m, qs in by_method.items()}
+    plot_missing_rate(points, path, "test macro-F1 at the best dev round, mean ± std over seeds")
+
+
+def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, parallel: int) -> None:
+    """Each run in its own process (own embedded coordinator, one client worker), ``parallel`` at a time."""
+    running: list[tuple[ExperimentConfig, subprocess.Popen[bytes], float]] = []
+    queue = list(todo)
+    done = 0
+    while queue or running:
+        while queue and len(running) < parallel:
+            cfg = queue.pop(0)
+            out = runs_dir / cfg.run_id()
+            out.mkdir(parents=True, exist_ok=True)
+            log = open(out / "run.log", "wb")  # noqa: SIM115 - handed to the child
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "client_sdk.experiments.cli", "simulate", "--config-json",
+                 cfg.model_dump_json(), "--out", str(out), "--workers", "1", "--results-dir", str(results_dir)],
+                stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            running.append((cfg, proc, time.perf_counter()))
+            print(f"started  {cfg.run_id()}  (log: {out / 'run.log'})", flush=True)
+        time.sleep(1.0)
+        for item in list(running):
+            cfg, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            done += 1
+            path = results_dir / f"{cfg.run_id()}.json"
+            if proc.returncode == 0 and path.exists():
+                r = json.loads(path.read_text())
+                f1 = r["test_at_best_dev"].get("macro_f1")
+                print(f"finished {cfg.run_id()} [{done}/{len(todo)}] test F1 @ best dev "
+                      f"{'-' if f1 is None else f'{100 * f1:.1f}'} in {time.perf_counter() - t0:.0f}s", flush=True)
+            else:
+                print(f"FAILED   {cfg.run_id()} (exit {proc.returncode}); see {runs_dir / cfg.run_id() / 'run.log'}",
+                      flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("simulate", "sweep"):
+        print("usage: python -m client_sdk.experiments.cli {simulate,sweep} ...", file=sys.stderr)
+        return 2
+    return simulate_main(argv[1:]) if argv[0] == "simulate" else sweep_main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

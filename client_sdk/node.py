@@ -1,0 +1,224 @@
+"""The edge-node runner: poll the coordinator for tasks, train locally, post updates; keep going.
+
+``mfcpl client run --server URL --token T --federation FID --data uci_har:s01_k0`` (or a feature
+file) runs one node. It survives coordinator restarts and network errors (backing off),
+refused late updates (it logs them and asks for the next task) and ends when the federation completes.
+:func:`perform_task` is the one training step, shared with the experiment runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from client_sdk.client import MfcplClient
+from client_sdk.data.arrays import MultimodalArrays
+from client_sdk.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    ConflictError,
+    MfcplError,
+    NotFoundError,
+    PermissionDeniedError,
+    ServerError,
+)
+from client_sdk.schemas import ClientProfile, FederationCreate, Task, TaskAction, UpdateReceipt
+from client_sdk.tensors import Update
+
+log = logging.getLogger("mfcpl.node")
+
+ENV_FEDERATION = "MFCPL_FEDERATION_ID"
+
+
+@dataclass
+class TaskOutcome:
+    receipt: UpdateReceipt
+    metrics: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class LocalModel:
+    """The node's model object, built once from the federation's config and reloaded with each version."""
+
+    def __init__(self, config: FederationCreate, threads: int = 1) -> None:
+        from client_sdk.model import build_model
+
+        self.config = config
+        self.threads = threads
+        self.model = build_model(config)
+        self.loaded: tuple[int, str] | None = None
+
+    def load(self, version: int, sha256: str, weights: dict[str, np.ndarray]) -> None:
+        from client_sdk.torch_io import load_numpy_weights
+
+        load_numpy_weights(self.model, weights)
+        self.loaded = (version, sha256)
+
+
+def perform_task(
+    client: MfcplClient, fid: str, task: Task, data: MultimodalArrays, local: LocalModel
+) -> TaskOutcome:
+    """Download the task's model and complete prototypes, train on ``data``, post the update."""
+    from client_sdk.trainer import train_local
+
+    assert task.action == TaskAction.TRAIN and task.round is not None and task.model_version is not None
+    t0 = time.perf_counter()
+    download = client.models.download(fid, task.model_version, expected_sha256=task.model_sha256)
+    local.load(download.version.version, download.version.sha256, download.weights)
+    prototypes = None
+    if task.prototype_version is not None:
+        prototypes = client.prototypes.download(fid, task.prototype_version, expected_sha256=task.prototype_sha256)
+    t1 = time.perf_counter()
+    config = local.config
+    if task.training is not None:
+        config = config.model_copy(update={"training": task.training})
+    result = train_local(
+        local.model, data, config, prototypes, seed=int(task.seed or 0), global_weights=download.weights,
+        threads=local.threads,
+    )
+    t2 = time.perf_counter()
+    update = Update(
+        weights=result.weights,
+        num_samples=result.num_samples,
+        base_model_version=task.model_version,
+        prototypes=result.prototypes,
+        metrics=result.metrics,
+    )
+    receipt = client.updates.submit(fid, task.round, update)
+    t3 = time.perf_counter()
+    local.loaded = None  # the model now holds local weights
+    return TaskOutcome(receipt, result.metrics, {"download": t1 - t0, "train": t2 - t1, "upload": t3 - t2})
+
+
+def client_profile(data: MultimodalArrays, num_classes: int) -> ClientProfile:
+    return ClientProfile(
+        modalities=[m for m in data.modalities if bool(data.present[m].any())],
+        class_counts=data.class_counts(num_classes),
+        num_samples=len(data),
+    )
+
+
+class NodeRunner:
+    """One edge node's loop. ``run()`` returns 0 when the federation is over, 2 when the token is refused."""
+
+    def __init__(
+        self,
+        client: MfcplClient,
+        federation_id: str,
+        data: MultimodalArrays,
+        *,
+        threads: int = 1,
+        max_backoff_s: float = 30.0,
+        max_poll_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.fid = federation_id
+        self.data = data
+        self.threads = threads
+        self.max_backoff_s = max_backoff_s
+        self.max_poll_s = max_poll_s
+        self.sleep = sleep
+        self.local: LocalModel | None = None
+        self.rounds_done: list[int] = []
+        self._stop = False
+        self._rng = random.Random()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def _ensure_model(self) -> LocalModel:
+        if self.local is None:
+            federation = self.client.federations.get(self.fid)
+            self.local = LocalModel(federation.config, self.threads)
+            self.client.clients.report_profile(self.fid, client_profile(self.data, federation.config.num_classes))
+            log.info("joined federation %s (%s, %d classes) with %d samples, modalities %s", self.fid,
+                     federation.config.algorithm, federation.config.num_classes, len(self.data),
+                     [m for m in self.data.modalities if self.data.present[m].any()])
+        return self.local
+
+    def run(self, max_tasks: int | None = None) -> int:
+        failures = 0
+        while not self._stop:
+            try:
+                local = self._ensure_model()
+                task = self.client.tasks.next(self.fid)
+                failures = 0
+                if task.action == TaskAction.DONE:
+                    log.info("federation %s is over (%s); %d rounds trained", self.fid, task.reason or "done",
+                             len(self.rounds_done))
+                    return 0
+                if task.action == TaskAction.WAIT:
+                    self.sleep(min(max(task.retry_after_s or 1.0, 0.01), self.max_poll_s))
+                    continue
+                outcome = perform_task(self.client, self.fid, task, self.data, local)
+                self.rounds_done.append(int(task.round or 0))
+                log.info("round %s: update accepted%s (%d samples, loss %.4f, train %.2fs)", task.round,
+                         " (replayed)" if outcome.receipt.replayed else "", outcome.receipt.num_samples,
+                         outcome.metrics.get("train_loss", float("nan")), outcome.seconds["train"])
+                if max_tasks is not None and len(self.rounds_done) >= max_tasks:
+                    return 0
+            except (AuthenticationError, PermissionDeniedError) as exc:
+                if isinstance(exc, PermissionDeniedError) and getattr(exc, "code", None) == "not_participant":
+                    log.warning("not a participant any more: %s", exc)
+                    continue
+                log.error("the coordinator refused this node's token: %s", exc)
+                return 2
+            except ConflictError as exc:
+                log.warning("update refused as late or stale (%s); asking for the next task", exc)
+            except NotFoundError as exc:
+                log.error("federation %s not found: %s", self.fid, exc)
+                return 3
+            except (APIConnectionError, APITimeoutError, ServerError) as exc:
+                failures += 1
+                delay = min(self.max_backoff_s, 0.5 * 2 ** min(failures, 10)) * (0.5 + self._rng.random() / 2)
+                log.warning("coordinator unreachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                self.sleep(delay)
+            except MfcplError as exc:
+                log.error("request failed: %s", exc)
+                failures += 1
+                self.sleep(min(self.max_backoff_s, 2.0 * failures))
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfcpl client", description="Run an edge node of an mfcpl federation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="poll for tasks, train, post updates until the federation ends")
+    run.add_argument("--server", default=os.environ.get("MFCPL_SERVER_URL"), help="coordinator URL")
+    run.add_argument("--token", default=os.environ.get("MFCPL_TOKEN"), help="this node's client token")
+    run.add_argument("--federation", default=os.environ.get(ENV_FEDERATION), required=ENV_FEDERATION not in os.environ)
+    run.add_argument("--data", required=True,
+                     help="data source: DATASET:SHARD[?options] (e.g. uci_har:s05_k2?missing_rule=client&missing_q=0.8)"
+                     " or a feature file / folder#client (see client_sdk.data.registry)")
+    run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATA_DIR or ~/.cache/mfcpl)")
+    run.add_argument("--threads", type=int, default=1, help="torch threads for local training")
+    run.add_argument("--cache-dir", help="keep downloaded models/prototypes here (ETag cache)")
+    run.add_argument("--max-tasks", type=int, default=None, help="stop after this many trained rounds")
+    run.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
+    run.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.token:
+        raise SystemExit("a client token is needed: --token or MFCPL_TOKEN")
+    from client_sdk.data.registry import load_client_data
+
+    data = load_client_data(args.data, data_dir=args.data_dir).data
+    with MfcplClient(args.server, args.token, timeout=args.timeout, cache_dir=args.cache_dir) as client:
+        runner = NodeRunner(client, args.federation, data, threads=args.threads)
+        signal.signal(signal.SIGTERM, lambda *_: runner.stop())
+        return runner.run(max_tasks=args.max_tasks)
