@@ -166,7 +166,7 @@ def encode(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None
     arrays = []
     offset = 0
     for name in sorted(tensors):
-        arr = np.ascontiguousarray(tensors[name])
+        arr = np.asarray(tensors[name], order="C")  # keeps 0-d tensors 0-d, unlike ascontiguousarray
         if arr.dtype.byteorder == ">":
             arr = arr.astype(arr.dtype.newbyteorder("<"))
         header[name] = {"dtype": dtype_code(arr.dtype), "shape": list(arr.shape),
