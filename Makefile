@@ -22,9 +22,15 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -q -ra
 
-# The main job: a real federation on the embedded SQLite default, driven over HTTP.
+# UCI-HAR: the copy beside the checkout when there is one, else the official archive (downloaded once).
+SHARED_UCI_HAR := $(wildcard ../shared/data/uci_har/uci_har.npz)
+DATA_DIR ?= $(if $(SHARED_UCI_HAR),../shared/data,$(HOME)/.cache/mfcpl/datasets)
+RUN_ARGS ?= --quick --algorithm mfcpl
+
+# The main job: a real federation (MFCPL on UCI-HAR) through the embedded SQLite coordinator, over HTTP.
 run: setup
-	$(VENV)/bin/mfcpl simulate --quick --out runs/quick
+	@test -n "$(SHARED_UCI_HAR)" || $(PY) -m client_sdk.data uci_har fetch --dest $(DATA_DIR)/uci_har
+	$(VENV)/bin/mfcpl simulate $(RUN_ARGS) --data-dir $(DATA_DIR) --out runs/main
 
 serve: setup
 	$(VENV)/bin/mfcpl serve
