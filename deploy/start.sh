@@ -11,7 +11,10 @@
 #   MFCPL_MIGRATE_ON_START           run `mfcpl db upgrade` first (true); false where a migration Job does it
 #   MFCPL_MAX_UPDATE_BYTES           largest update body the coordinator accepts (256 MiB); the proxy's
 #                                    client_max_body_size must match it
+#   MFCPL_LOG_CONFIG                 logging dictConfig (JSON) for uvicorn and the coordinator (logging.json here)
 set -eu
+
+here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 
 : "${MFCPL_HOST:=0.0.0.0}"
 : "${MFCPL_PORT:=8000}"
@@ -21,6 +24,7 @@ set -eu
 : "${MFCPL_GRACEFUL_SHUTDOWN_S:=25}"
 : "${MFCPL_MIGRATE_ON_START:=true}"
 : "${MFCPL_MAX_UPDATE_BYTES:=268435456}"
+: "${MFCPL_LOG_CONFIG:=$here/logging.json}"
 export MFCPL_MAX_UPDATE_BYTES
 
 case "$MFCPL_MIGRATE_ON_START" in
@@ -49,5 +53,6 @@ exec uvicorn coordinator.app:create_app --factory \
   --forwarded-allow-ips "$MFCPL_FORWARDED_ALLOW_IPS" \
   --timeout-keep-alive "$MFCPL_KEEPALIVE_S" \
   --timeout-graceful-shutdown "$MFCPL_GRACEFUL_SHUTDOWN_S" \
+  --log-config "$MFCPL_LOG_CONFIG" \
   --no-server-header \
   --no-access-log

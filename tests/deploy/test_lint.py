@@ -70,7 +70,7 @@ def test_coordinator_image_has_no_torch_and_runs_unprivileged() -> None:
     assert '".[server]"' in text and "torch" not in text.split("FROM")[1]
     assert re.search(r"^USER \$\{APP_UID\}", text, flags=re.MULTILINE)
     assert "HEALTHCHECK" in text and "/healthz" in text
-    assert 'ENTRYPOINT ["/usr/local/bin/mfcpl-start"]' in text
+    assert 'ENTRYPOINT ["/opt/mfcpl/start.sh"]' in text
 
 
 def test_shellcheck_accepts_start_script() -> None:
