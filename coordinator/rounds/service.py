@@ -96,7 +96,9 @@ def try_open_round(services: Services, fid: str) -> int | None:
 
 
 def _open_round(services: Services, session: Session, fid: str, now: datetime) -> int | None:
-    fed = session.get(FederationRow, fid)
+    # Lock the federation row (Postgres; SQLite writers are serialised already) so that openers of one
+    # federation run one at a time and each sees the rounds the previous one committed.
+    fed = session.get(FederationRow, fid, with_for_update=True)
     if fed is None or fed.status not in (FederationStatus.WAITING, FederationStatus.RUNNING):
         return None
     config = federations.config_of(services, session, fid)

@@ -33,6 +33,10 @@ class IngestResult:
     round_complete: bool = False
 
 
+class _RoundClosedError(Exception):
+    pass
+
+
 def receipt_of(row: UpdateRow, replayed: bool = False) -> UpdateReceipt:
     return UpdateReceipt(id=row.id, federation_id=row.federation_id, round=row.round, client_id=row.client_id,
                          num_samples=row.num_samples, sha256=row.sha256, size_bytes=row.size_bytes,
@@ -121,7 +125,7 @@ def ingest(services: Services, fid: str, number: int, client_id: str, body: byte
                 .returning(RoundRow.received)
             ).scalar_one_or_none()
             if received is None:
-                raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} closed while this update arrived")
+                raise _RoundClosedError
             update_row = UpdateRow(id=new_id("upd"), federation_id=fid, round=number, client_id=client_id,
                                    num_samples=checked.num_samples, sha256=sha256, size_bytes=len(body),
                                    metrics=checked.metrics, prototype_dims=checked.prototype_dims,
@@ -131,13 +135,14 @@ def ingest(services: Services, fid: str, number: int, client_id: str, body: byte
             emit(session, fid, EventType.UPDATE_RECEIVED, number,
                  {"client_id": client_id, "num_samples": checked.num_samples, "received": received,
                   "participants": len(row.participants)})
-    except IntegrityError:
-        # A concurrent identical request won the insert: answer as its replay (or a conflict).
+    except (IntegrityError, _RoundClosedError):
+        # A concurrent identical request won (the insert, or the last place before the round closed):
+        # answer as its replay, or refuse.
         with services.db.read() as session:
             replay = _replay(session, fid, number, client_id, sha256, idempotency_key)
-        if replay is None:
-            raise
-        return IngestResult(replay, created=False)
+        if replay is not None:
+            return IngestResult(replay, created=False)
+        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} closed while this update arrived") from None
     return IngestResult(receipt_of(update_row), created=True, round_complete=received >= len(row.participants))
 
 
