@@ -133,9 +133,12 @@ def test_two_replicas_on_one_postgres(postgres_url: str, tmp_path: Path) -> None
                                                      num_samples=index + 1, base_version=version)
                         # The same update sent to both replicas at once: exactly one is counted.
                         results: list[int] = []
-                        posts = [threading.Thread(target=lambda h=h: results.append(
-                            h.post(f"/v1/federations/{fid}/rounds/{number}/updates", content=body,
-                                   headers=SAFETENSORS).status_code)) for h in https]
+                        url = f"/v1/federations/{fid}/rounds/{number}/updates"
+
+                        def send(h: httpx.Client, url: str = url, body: bytes = body, out: list[int] = results) -> None:
+                            out.append(h.post(url, content=body, headers=SAFETENSORS).status_code)
+
+                        posts = [threading.Thread(target=send, args=(h,)) for h in https]
                         for p in posts:
                             p.start()
                         for p in posts:
