@@ -11,6 +11,7 @@
 #   MFCPL_MIGRATE_ON_START           run `mfcpl db upgrade` first (true); false where a migration Job does it
 #   MFCPL_MAX_UPDATE_BYTES           largest update body the coordinator accepts (256 MiB); the proxy's
 #                                    client_max_body_size must match it
+#   MFCPL_ACCESS_LOG                 log every request (false: the proxy's access log already does)
 #   MFCPL_LOG_CONFIG                 logging dictConfig (JSON) for uvicorn and the coordinator (logging.json here)
 set -eu
 
@@ -25,6 +26,7 @@ here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 : "${MFCPL_MIGRATE_ON_START:=true}"
 : "${MFCPL_MAX_UPDATE_BYTES:=268435456}"
 : "${MFCPL_LOG_CONFIG:=$here/logging.json}"
+: "${MFCPL_ACCESS_LOG:=false}"
 export MFCPL_MAX_UPDATE_BYTES
 
 case "$MFCPL_MIGRATE_ON_START" in
@@ -43,6 +45,11 @@ case "$MFCPL_MIGRATE_ON_START" in
     ;;
 esac
 
+case "$MFCPL_ACCESS_LOG" in
+  true | 1 | yes) access_log=--access-log ;;
+  *) access_log=--no-access-log ;;
+esac
+
 echo "mfcpl-start: serving on $MFCPL_HOST:$MFCPL_PORT with $MFCPL_WORKERS workers" >&2
 # exec: uvicorn becomes this process, so SIGTERM from the runtime reaches it directly.
 exec uvicorn coordinator.app:create_app --factory \
@@ -55,4 +62,4 @@ exec uvicorn coordinator.app:create_app --factory \
   --timeout-graceful-shutdown "$MFCPL_GRACEFUL_SHUTDOWN_S" \
   --log-config "$MFCPL_LOG_CONFIG" \
   --no-server-header \
-  --no-access-log
+  "$access_log"
