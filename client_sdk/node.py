@@ -49,12 +49,12 @@ class TaskOutcome:
 class LocalModel:
     """The node's model object, built once from the federation's config and reloaded with each version."""
 
-    def __init__(self, config: FederationCreate, threads: int = 1) -> None:
+    def __init__(self, config: FederationCreate, threads: int = 1, device: str = "cpu") -> None:
         from client_sdk.model import build_model
 
         self.config = config
         self.threads = threads
-        self.model = build_model(config)
+        self.model = build_model(config).to(device)
         self.loaded: tuple[int, str] | None = None
 
     def load(self, version: int, sha256: str, weights: dict[str, np.ndarray]) -> None:
@@ -117,6 +117,7 @@ class NodeRunner:
         data: MultimodalArrays,
         *,
         threads: int = 1,
+        device: str = "cpu",
         max_backoff_s: float = 30.0,
         max_poll_s: float = 10.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -125,6 +126,7 @@ class NodeRunner:
         self.fid = federation_id
         self.data = data
         self.threads = threads
+        self.device = device
         self.max_backoff_s = max_backoff_s
         self.max_poll_s = max_poll_s
         self.sleep = sleep
@@ -139,7 +141,7 @@ class NodeRunner:
     def _ensure_model(self) -> LocalModel:
         if self.local is None:
             federation = self.client.federations.get(self.fid)
-            self.local = LocalModel(federation.config, self.threads)
+            self.local = LocalModel(federation.config, self.threads, self.device)
             self.client.clients.report_profile(self.fid, client_profile(self.data, federation.config.num_classes))
             log.info("joined federation %s (%s, %d classes) with %d samples, modalities %s", self.fid,
                      federation.config.algorithm, federation.config.num_classes, len(self.data),
@@ -202,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
                      " or a feature file / folder#client (see client_sdk.data.registry)")
     run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATA_DIR or ~/.cache/mfcpl)")
     run.add_argument("--threads", type=int, default=1, help="torch threads for local training")
+    run.add_argument("--device", default="cpu", help="torch device for local training (cpu, cuda, cuda:1, ...)")
     run.add_argument("--cache-dir", help="keep downloaded models/prototypes here (ETag cache)")
     run.add_argument("--max-tasks", type=int, default=None, help="stop after this many trained rounds")
     run.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
@@ -219,6 +222,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     data = load_client_data(args.data, data_dir=args.data_dir).data
     with MfcplClient(args.server, args.token, timeout=args.timeout, cache_dir=args.cache_dir) as client:
-        runner = NodeRunner(client, args.federation, data, threads=args.threads)
+        runner = NodeRunner(client, args.federation, data, threads=args.threads, device=args.device)
         signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         return runner.run(max_tasks=args.max_tasks)

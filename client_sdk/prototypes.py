@@ -45,6 +45,7 @@ def batch_tensors(
     """
     inputs: dict[str, torch.Tensor] = {}
     present: dict[str, torch.Tensor] = {}
+    device = model_device(model)
     for name, spec in model.specs.items():
         if name in data.inputs:
             inputs[name] = torch.from_numpy(np.ascontiguousarray(data.inputs[name][index]))
@@ -55,7 +56,15 @@ def batch_tensors(
             present[name] = torch.zeros(len(index), dtype=torch.bool)
         if spec.kind != "text":
             inputs[name] = inputs[name].float()
+        if device.type != "cpu":
+            inputs[name] = inputs[name].to(device, non_blocking=True)
+            present[name] = present[name].to(device, non_blocking=True)
     return inputs, present
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU unless it was moved)."""
+    return next(model.parameters()).device
 
 
 def present_matrix(model: MultimodalModel, data: MultimodalArrays) -> np.ndarray:
@@ -76,12 +85,12 @@ def embed(model: MultimodalModel, data: MultimodalArrays, batch_size: int = 256)
         for start in range(0, len(data), batch_size):
             index = np.arange(start, min(start + batch_size, len(data)))
             out = model(*batch_tensors(model, data, index))
-            parts["logits"].append(out.logits.numpy())
-            parts["s"].append(out.s.numpy())
-            parts["penultimate"].append(out.penultimate.numpy())
+            parts["logits"].append(out.logits.cpu().numpy())
+            parts["s"].append(out.s.cpu().numpy())
+            parts["penultimate"].append(out.penultimate.cpu().numpy())
             for m in model.modalities:
-                h[m].append(out.h[m].numpy())
-                u[m].append(out.u[m].numpy())
+                h[m].append(out.h[m].cpu().numpy())
+                u[m].append(out.u[m].cpu().numpy())
     finally:
         model.train(was_training)
 

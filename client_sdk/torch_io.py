@@ -52,7 +52,7 @@ class TorchPrototypes:
 
 
 def prototypes_to_torch(
-    tables: Mapping[str, PrototypeTable] | None, num_classes: int
+    tables: Mapping[str, PrototypeTable] | None, num_classes: int, device: torch.device | str = "cpu"
 ) -> dict[str, TorchPrototypes]:
     """Complete prototype tables -> torch, checked against the number of classes; non-finite rows are refused."""
     out: dict[str, TorchPrototypes] = {}
@@ -68,5 +68,5 @@ def prototypes_to_torch(
         if not np.isfinite(vectors[coverage]).all():
             raise ValueError(f"prototype level {level!r} holds non-finite values")
         vectors = np.where(coverage[:, None], vectors, 0.0).astype(np.float32)
-        out[level] = TorchPrototypes(torch.from_numpy(vectors), torch.from_numpy(coverage))
+        out[level] = TorchPrototypes(torch.from_numpy(vectors).to(device), torch.from_numpy(coverage).to(device))
     return out

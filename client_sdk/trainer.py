@@ -21,7 +21,7 @@ from client_sdk.data import MultimodalArrays
 from client_sdk.evaluation import classification_metrics
 from client_sdk.losses import cma_loss, cmpc_loss, cmpr_loss, fedproto_loss, fedprox_term, prototype_clip_loss
 from client_sdk.model import MultimodalModel, float_option, prototype_space_of
-from client_sdk.prototypes import batch_tensors, embed, local_prototypes, present_matrix
+from client_sdk.prototypes import batch_tensors, embed, local_prototypes, model_device, present_matrix
 from client_sdk.schemas import Algorithm, FederationCreate, TrainingConfig
 from client_sdk.tensors import LocalPrototypes, PrototypeTable
 from client_sdk.torch_io import TorchPrototypes, model_to_numpy, prototypes_to_torch
@@ -187,9 +187,11 @@ def train_local(
         raise ValueError("no training sample has any modality: this client cannot train")
     if data.labels.size and (data.labels.min() < 0 or data.labels.max() >= config.num_classes):
         raise ValueError(f"labels must lie in [0, {config.num_classes})")
-    protos = prototypes_to_torch(global_prototypes, config.num_classes)
+    device = model_device(model)
+    protos = prototypes_to_torch(global_prototypes, config.num_classes, device)
     started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]), torch_threads(threads):
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices), torch_threads(threads):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -199,7 +201,7 @@ def train_local(
                 reference = [p.detach().clone() for p in params]
             else:
                 names = [n for n, p in model.named_parameters() if p.requires_grad]
-                reference = [torch.from_numpy(np.array(global_weights[n], np.float32)) for n in names]
+                reference = [torch.from_numpy(np.array(global_weights[n], np.float32)).to(device) for n in names]
         optimizer = torch.optim.SGD(
             params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay
         )
@@ -211,7 +213,7 @@ def train_local(
             for start in range(0, order.size, training.batch_size):
                 index = np.sort(order[start : start + training.batch_size])
                 inputs, present = batch_tensors(model, data, index)
-                labels = torch.from_numpy(data.labels[index].astype(np.int64))
+                labels = torch.from_numpy(data.labels[index].astype(np.int64)).to(device)
                 loss, terms, logits = batch_losses(
                     model, inputs, present, labels, algorithm, training, options, protos, reference
                 )

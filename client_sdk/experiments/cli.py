@@ -115,6 +115,7 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--server", default=None, help="use this coordinator instead of an embedded one")
     p.add_argument("--admin-token", default=os.environ.get("MFCPL_ADMIN_TOKEN"), help="with --server")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="client worker processes")
+    p.add_argument("--device", default="cpu", help="torch device for training and evaluation (cpu, cuda)")
     p.add_argument("--in-process", action="store_true", help="no coordinator, no HTTP (the cost baseline)")
     p.add_argument("--compare", action="store_true", help="run in-process and over HTTP; print the wall-time ratio")
     p.add_argument("--results-dir", default=None, help="also copy result.json here as <run id>.json")
@@ -129,10 +130,10 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     results = []
     if args.in_process or args.compare:
         results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
-                                                workers=args.workers))
+                                                workers=args.workers, device=args.device))
     if not args.in_process:
         results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
-                                      admin_token=args.admin_token, workers=args.workers))
+                                      admin_token=args.admin_token, workers=args.workers, device=args.device))
     for result in results:
         print(f"\nresult ({result.transport}):")
         _print_result(result)
@@ -170,6 +171,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--table", default=None, help="write the markdown table here (default: print it)")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from --results-dir")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    p.add_argument("--device", default="cpu", help="torch device of each run (cpu, cuda)")
+    p.add_argument("--in-process", action="store_true", help="run without the coordinator (see simulate --compare)")
     args = p.parse_args(argv)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -186,7 +189,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             for c in configs:
                 print(("done  " if c not in todo else "todo  ") + c.run_id())
             return 0
-        _run_all(todo, results_dir, Path(args.runs_dir), args.parallel)
+        extra = ["--device", args.device] + (["--in-process"] if args.in_process else [])
+        _run_all(todo, results_dir, Path(args.runs_dir), args.parallel, extra)
     from client_sdk.experiments.results import load_results, results_table
 
     wanted = {c.run_id() for c in configs}
@@ -217,7 +221,8 @@ def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:
     plot_missing_rate(points, path, "test macro-F1 at the best dev round, mean ± std over seeds")
 
 
-def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, parallel: int) -> None:
+def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, parallel: int,
+             extra_args: Sequence[str] = ()) -> None:
     """Each run in its own process (own embedded coordinator, one client worker), ``parallel`` at a time."""
     running: list[tuple[ExperimentConfig, subprocess.Popen[bytes], float]] = []
     queue = list(todo)
@@ -230,7 +235,8 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
             log = open(out / "run.log", "wb")  # noqa: SIM115 - handed to the child
             proc = subprocess.Popen(
                 [sys.executable, "-m", "client_sdk.experiments.cli", "simulate", "--config-json",
-                 cfg.model_dump_json(), "--out", str(out), "--workers", "1", "--results-dir", str(results_dir)],
+                 cfg.model_dump_json(), "--out", str(out), "--workers", "1", "--results-dir", str(results_dir),
+                 *extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
             log.close()
             running.append((cfg, proc, time.perf_counter()))

@@ -20,6 +20,7 @@ class RunResult(BaseModel):
     run_id: str
     config: ExperimentConfig
     transport: str
+    device: str = "cpu"
     federation_id: str | None = None
     trainable_clients: int
     missing: dict[str, Any] = Field(default_factory=dict)
@@ -56,7 +57,8 @@ class RunResult(BaseModel):
 
 
 def summarize_history(cfg: ExperimentConfig, history: list[dict[str, Any]], *, wall_time_s: float, transport: str,
-                      missing: dict[str, Any], trainable_clients: int, federation_id: str | None = None) -> RunResult:
+                      missing: dict[str, Any], trainable_clients: int, federation_id: str | None = None,
+                      device: str = "cpu") -> RunResult:
     evaluated = [e for e in history if "dev_macro_f1" in e]
     best = max(evaluated, key=lambda e: e["dev_macro_f1"]) if evaluated else None  # first best on ties
     last = evaluated[-SMOOTH_LAST:]
@@ -71,6 +73,7 @@ def summarize_history(cfg: ExperimentConfig, history: list[dict[str, Any]], *, w
         run_id=cfg.run_id(),
         config=cfg,
         transport=transport,
+        device=device,
         federation_id=federation_id,
         trainable_clients=trainable_clients,
         missing=missing,

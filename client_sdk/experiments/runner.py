@@ -56,7 +56,7 @@ def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummar
 _W: dict[str, Any] = {}
 
 
-def _worker_init(cfg_json: str, fc_json: str, base_url: str | None) -> None:
+def _worker_init(cfg_json: str, fc_json: str, base_url: str | None, device: str = "cpu") -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -65,7 +65,7 @@ def _worker_init(cfg_json: str, fc_json: str, base_url: str | None) -> None:
     from client_sdk.node import LocalModel
 
     _W["shards"] = {c.name: c.data for c in federation.clients}
-    _W["local"] = LocalModel(FederationCreate.model_validate_json(fc_json), threads=1)
+    _W["local"] = LocalModel(FederationCreate.model_validate_json(fc_json), threads=1, device=device)
     _W["base_url"] = base_url
     _W["clients"] = {}
 
@@ -93,11 +93,12 @@ def _worker_train_http(fid: str, name: str, token: str, expected_round: int) -> 
 class _Evaluator:
     federation: FederatedDataset
     config: FederationCreate
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         from client_sdk.node import LocalModel
 
-        self.local = LocalModel(self.config, threads=1)
+        self.local = LocalModel(self.config, threads=1, device=self.device)
 
     def __call__(self, weights: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
         from client_sdk.torch_io import load_numpy_weights
@@ -125,6 +126,7 @@ def run_experiment(
     server_url: str | None = None,
     admin_token: str | None = None,
     workers: int = 2,
+    device: str = "cpu",
     progress: Progress = print,
 ) -> RunResult:
     """Run ``cfg`` through a coordinator over HTTP (embedded unless ``server_url``); write ``out_dir``."""
@@ -165,8 +167,8 @@ def run_experiment(
                 node.tasks.next(fid)  # takes the lease
         ctx = mp.get_context("spawn")
         pool = ctx.Pool(max(1, workers), initializer=_worker_init,
-                        initargs=(cfg.model_dump_json(), config.model_dump_json(), server_url))
-        evaluator = _Evaluator(federation, config)
+                        initargs=(cfg.model_dump_json(), config.model_dump_json(), server_url, device))
+        evaluator = _Evaluator(federation, config, device)
         history: list[dict[str, Any]] = []
         pending: tuple[int, int] | None = None  # (round, model version) awaiting evaluation
         last_round = 0
@@ -205,7 +207,7 @@ def run_experiment(
             embedded.stop()
     result = summarize_history(
         cfg, history, wall_time_s=time.perf_counter() - started, transport="http",
-        missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=fid,
+        missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=fid, device=device,
     )
     result.write(out, server_history=server_history)
     return result
@@ -314,7 +316,7 @@ def _worker_train_local(name: str, seed: int, model_version: int, model_bytes: b
     return name, encode_update(update), {"train": train_s}
 
 
-def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, workers: int = 2,
+def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, workers: int = 2, device: str = "cpu",
                              progress: Progress = print) -> RunResult:
     """``run_experiment`` without the coordinator: the baseline that prices the service (HTTP, DB, blobs)."""
     import torch
@@ -338,11 +340,11 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
     momentum = None
     tables = None
     prototype_bytes: bytes | None = None
-    evaluator = _Evaluator(federation, config)
+    evaluator = _Evaluator(federation, config, device)
     history: list[dict[str, Any]] = []
     ctx = mp.get_context("spawn")
     with ctx.Pool(max(1, workers), initializer=_worker_init,
-                  initargs=(cfg.model_dump_json(), config.model_dump_json(), None)) as pool:
+                  initargs=(cfg.model_dump_json(), config.model_dump_json(), None, device)) as pool:
         pending: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None  # (entry, weights) to evaluate
         for number in range(1, cfg.rounds + 1):
             round_started = time.perf_counter()
@@ -385,7 +387,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
             progress(_progress_line(pending[0], cfg.rounds))
     (out / "final_model.safetensors").write_bytes(model_bytes)
     result = summarize_history(cfg, history, wall_time_s=time.perf_counter() - started, transport="inprocess",
-                               missing=summary.to_dict(), trainable_clients=len(trainable))
+                               missing=summary.to_dict(), trainable_clients=len(trainable), device=device)
     result.write(out)
     return result
 
