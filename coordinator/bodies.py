@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Request, Response
 
 from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE, ErrorCode
@@ -15,8 +17,12 @@ def require_tensor_media_type(request: Request) -> None:
                            f"send the body as {SAFETENSORS_CONTENT_TYPE} (got {content_type or 'no Content-Type'})")
 
 
-async def read_capped_body(request: Request, limit: int) -> bytearray:
-    """The whole body in one preallocated buffer when Content-Length is given; 413 past ``limit``."""
+async def read_capped_body(request: Request, limit: int, hasher: Any = None) -> bytearray:
+    """The whole body in one preallocated buffer when Content-Length is given; 413 past ``limit``.
+
+    ``hasher`` (a hashlib object) is fed chunk by chunk, so hashing overlaps the transfer instead of
+    following it.
+    """
     declared = request.headers.get("content-length")
     too_large = ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
     if declared is not None and declared.isdigit():
@@ -31,6 +37,8 @@ async def read_capped_body(request: Request, limit: int) -> bytearray:
                 raise ProblemError(400, ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
             buf[pos:end] = chunk
             pos = end
+            if hasher is not None:
+                hasher.update(chunk)
         if pos != size:
             raise ProblemError(400, ErrorCode.BAD_REQUEST, f"body ended after {pos} of {size} bytes")
         return buf
@@ -39,6 +47,8 @@ async def read_capped_body(request: Request, limit: int) -> bytearray:
         buf += chunk
         if len(buf) > limit:
             raise too_large
+        if hasher is not None:
+            hasher.update(chunk)
     return buf
 
 

@@ -7,10 +7,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import os
 import secrets
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -38,9 +41,70 @@ class BlobStore(Protocol):
         """The stored bytes (an mmap for files)."""
         ...
 
+    def begin_put(self, data: Buffer, sha256: str) -> PendingBlob:
+        """Start storing (possibly in the background); nothing is visible before ``commit()``."""
+        ...
+
 
 def sha256_hex(data: Buffer) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+class PendingBlob(Protocol):
+    def commit(self) -> str:
+        """Make the blob durable under its sha256 and return it."""
+        ...
+
+    def abort(self) -> None:
+        ...
+
+
+_WRITERS = ThreadPoolExecutor(max_workers=8, thread_name_prefix="blob-writer")
+
+
+class _PendingFile:
+    """A blob being written and fsynced to a temporary file in the background, renamed on commit."""
+
+    def __init__(self, store: FsBlobStore, data: Buffer, sha256: str) -> None:
+        self.store = store
+        self.sha256 = sha256
+        self.final = store.path(sha256)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.final.with_name(f".{sha256}.{secrets.token_hex(4)}.tmp")
+        self.future: Future[None] = _WRITERS.submit(self._write, data)
+
+    def _write(self, data: Buffer) -> None:
+        fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.store.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def commit(self) -> str:
+        self.future.result()
+        os.replace(self.tmp, self.final)
+        self.store.fsync_dir(self.final.parent)
+        return self.sha256
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.future.result()
+        self.tmp.unlink(missing_ok=True)
+
+
+class _PendingNothing:
+    def __init__(self, put: Callable[[], str]) -> None:
+        self.put = put
+
+    def commit(self) -> str:
+        return self.put()
+
+    def abort(self) -> None:
+        pass
 
 
 class FsBlobStore:
@@ -73,13 +137,23 @@ class FsBlobStore:
             raise
         os.close(fd)
         os.replace(tmp, final)
-        if self.fsync:
-            dir_fd = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        self.fsync_dir(final.parent)
         return sha256
+
+    def fsync_dir(self, directory: Path) -> None:
+        if not self.fsync:
+            return
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def begin_put(self, data: Buffer, sha256: str) -> PendingBlob:
+        """Start writing in the background (overlapping validation); ``commit()`` makes it durable."""
+        if self.path(sha256).exists():
+            return _PendingNothing(lambda: sha256)
+        return _PendingFile(self, data, sha256)
 
     def get(self, sha256: str) -> Buffer:
         try:
@@ -102,6 +176,9 @@ class DbBlobStore:
         with self.database.write() as session:
             session.execute(stmt.on_conflict_do_nothing(index_elements=["sha256"]))
         return sha256
+
+    def begin_put(self, data: Buffer, sha256: str) -> PendingBlob:
+        return _PendingNothing(lambda: self.put(data, sha256))
 
     def get(self, sha256: str) -> Buffer:
         with self.database.read() as session:

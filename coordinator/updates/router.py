@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -46,9 +47,10 @@ async def post_update(
     assert principal.client_id is not None
     try:
         require_tensor_media_type(request)
-        body = await read_capped_body(request, services.settings.max_update_bytes)
+        hasher = hashlib.sha256()
+        body = await read_capped_body(request, services.settings.max_update_bytes, hasher)
         result = await run_in_threadpool(service.ingest, services, fid, r, principal.client_id, body,
-                                         idempotency_key)
+                                         idempotency_key, hasher.hexdigest())
     except ProblemError as exc:
         UPDATES.labels("refused").inc()
         UPDATE_REFUSALS.labels(exc.code).inc()

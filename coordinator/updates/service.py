@@ -100,20 +100,29 @@ def _expected_dims(session: Session, fid: str, number: int, input_version: int) 
 
 
 def ingest(services: Services, fid: str, number: int, client_id: str, body: bytearray | memoryview,
-           idempotency_key: str | None) -> IngestResult:
-    sha256 = hashlib.sha256(body).hexdigest()
-    with services.db.read() as session:
-        replay = _replay(session, fid, number, client_id, sha256, idempotency_key)
-        if replay is not None:
-            return IngestResult(replay, created=False)
-        row = _check_round(session, fid, number, client_id)
-        config = federations.config_of(services, session, fid)
-        specs = model_specs(services, session, fid, row.input_model_version)
-        expected_dims = _expected_dims(session, fid, number, row.input_model_version)
-    checked = validate_update(body, specs=specs, num_classes=config.num_classes,
-                              modalities={m.name for m in config.modalities}, expected_dims=expected_dims,
-                              input_model_version=row.input_model_version)
-    services.blobs.put(body, sha256)
+           idempotency_key: str | None, sha256: str | None = None) -> IngestResult:
+    """Accept or refuse one update; ``sha256`` may be given when it was computed while reading the body."""
+    sha256 = sha256 or hashlib.sha256(body).hexdigest()
+    # The blob is written and fsynced in the background while the checks run; it becomes visible (renamed
+    # to its sha256) only if they pass, and always before the row is committed.
+    pending = services.blobs.begin_put(body, sha256)
+    try:
+        with services.db.read() as session:
+            replay = _replay(session, fid, number, client_id, sha256, idempotency_key)
+            if replay is not None:
+                pending.abort()
+                return IngestResult(replay, created=False)
+            row = _check_round(session, fid, number, client_id)
+            config = federations.config_of(services, session, fid)
+            specs = model_specs(services, session, fid, row.input_model_version)
+            expected_dims = _expected_dims(session, fid, number, row.input_model_version)
+        checked = validate_update(body, specs=specs, num_classes=config.num_classes,
+                                  modalities={m.name for m in config.modalities}, expected_dims=expected_dims,
+                                  input_model_version=row.input_model_version)
+    except BaseException:
+        pending.abort()
+        raise
+    pending.commit()
     now = utcnow()
     try:
         with services.db.write() as session:
