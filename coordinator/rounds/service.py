@@ -265,6 +265,10 @@ def finish(services: Services, fid: str, number: int, token: str) -> str:
         ))
         input_model = session.get(ModelVersionRow, (fid, row.input_model_version))
         previous = latest_prototype_row(session, fid, at_most=row.input_model_version)
+    # Fold updates in participant order (clients sorted by name), not arrival order: float sums then do not
+    # depend on network timing, so a seeded federation gives bit-identical models (contract 7).
+    position = {cid: i for i, cid in enumerate(row.participants)}
+    updates.sort(key=lambda u: (position.get(u.client_id, len(position)), u.client_id))
     assert input_model is not None
     if len(updates) < row.quorum or not updates:
         _fail(services, fid, number, token, f"deadline passed with {len(updates)} of {row.quorum} updates needed")
