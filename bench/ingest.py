@@ -126,6 +126,7 @@ class Server:
     env: dict[str, str]
     log_path: Path
     ready_path: str
+    cwd: Path = REPO
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -142,7 +143,7 @@ class Server:
 
     def launch(self) -> None:
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), env=self.env, cwd=REPO, stdout=log,
+            self.process = subprocess.Popen(self.command(), env=self.env, cwd=self.cwd, stdout=log,
                                             stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
@@ -186,11 +187,11 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
 
 
-def coordinator_server(work: Path, database_url: str, admin_token: str) -> Server:
+def coordinator_server(work: Path, database_url: str, admin_token: str, source: Path = REPO) -> Server:
     env = base_env() | {"MFCPL_DATA_DIR": str(work / "coordinator"), "MFCPL_DATABASE_URL": database_url,
                         "MFCPL_ADMIN_TOKEN": admin_token}
     return Server("coordinator", ["coordinator.app:create_app", "--factory"], env, work / "coordinator.log",
-                  "/readyz")
+                  "/readyz", cwd=source)
 
 
 def bare_server(work: Path) -> Server:
@@ -487,7 +488,8 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
 
 def benchmark(args: argparse.Namespace, work: Path, database_url: str) -> list[dict[str, float]]:
     admin_token = "bench-admin-" + secrets.token_hex(8)
-    ours_server, bare = coordinator_server(work, database_url, admin_token), bare_server(work)
+    ours_server = coordinator_server(work, database_url, admin_token, args.coordinator_src)
+    bare = bare_server(work)
     model = model_weights()
     bodies = Bodies(model)
     size = len(bodies.make(0, 1)[0])
@@ -539,6 +541,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, database)")
     parser.add_argument("--profile", type=Path, default=None,
                         help="record the coordinator with py-spy during the measurements (raw collapsed stacks)")
+    parser.add_argument("--coordinator-src", type=Path, default=REPO,
+                        help="run the coordinator package from this source tree (e.g. an exported older commit), "
+                        "to compare versions; default: this checkout")
     args = parser.parse_args(argv)
     if args.quick:
         args.reps = 2
