@@ -65,10 +65,16 @@ class LocalModel:
 
 
 def perform_task(
-    client: MfcplClient, fid: str, task: Task, data: MultimodalArrays, local: LocalModel
+    client: MfcplClient, fid: str, task: Task, data: MultimodalArrays, local: LocalModel,
+    *, evaluate_local: bool = False,
 ) -> TaskOutcome:
-    """Download the task's model and complete prototypes, train on ``data``, post the update."""
-    from client_sdk.trainer import train_local
+    """Download the task's model and complete prototypes, train on ``data``, post the update.
+
+    With ``evaluate_local``, the received global model is first evaluated on ``data`` and the update's
+    metrics also carry ``local_eval_accuracy``, ``local_eval_macro_f1`` and ``local_eval_loss`` (averaged
+    over the round's clients by the coordinator, like the training metrics).
+    """
+    from client_sdk.trainer import evaluate, train_local
 
     assert task.action == TaskAction.TRAIN and task.round is not None and task.model_version is not None
     t0 = time.perf_counter()
@@ -77,10 +83,15 @@ def perform_task(
     prototypes = None
     if task.prototype_version is not None:
         prototypes = client.prototypes.download(fid, task.prototype_version, expected_sha256=task.prototype_sha256)
-    t1 = time.perf_counter()
+    t_downloaded = time.perf_counter()
     config = local.config
     if task.training is not None:
         config = config.model_copy(update={"training": task.training})
+    local_eval: dict[str, float] = {}
+    if evaluate_local and len(data) > 0:
+        scores = evaluate(local.model, data, config.num_classes, threads=local.threads)
+        local_eval = {f"local_eval_{k}": v for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
+    t1 = time.perf_counter()
     result = train_local(
         local.model, data, config, prototypes, seed=int(task.seed or 0), global_weights=download.weights,
         threads=local.threads,
@@ -91,12 +102,13 @@ def perform_task(
         num_samples=result.num_samples,
         base_model_version=task.model_version,
         prototypes=result.prototypes,
-        metrics=result.metrics,
+        metrics={**result.metrics, **local_eval},
     )
     receipt = client.updates.submit(fid, task.round, update)
     t3 = time.perf_counter()
     local.loaded = None  # the model now holds local weights
-    return TaskOutcome(receipt, result.metrics, {"download": t1 - t0, "train": t2 - t1, "upload": t3 - t2})
+    seconds = {"download": t_downloaded - t0, "evaluate": t1 - t_downloaded, "train": t2 - t1, "upload": t3 - t2}
+    return TaskOutcome(receipt, update.metrics, seconds)
 
 
 def client_profile(data: MultimodalArrays, num_classes: int) -> ClientProfile:
@@ -108,7 +120,15 @@ def client_profile(data: MultimodalArrays, num_classes: int) -> ClientProfile:
 
 
 class NodeRunner:
-    """One edge node's loop. ``run()`` returns 0 when the federation is over, 2 when the token is refused."""
+    """One edge node's loop. ``run()`` returns 0 when the federation is over (or after ``max_tasks``
+    rounds, or on :meth:`stop`), 2 when the token is refused (revoked, wrong federation), 3 when the
+    federation or round does not exist.
+
+    Network errors, timeouts and 5xx (a coordinator restarting) are retried by the client, then here with
+    capped, jittered backoff, forever. A refused update (409: the round closed, failed or moved on while
+    this node trained) is logged and the node asks for its next task. A round whose training diverges is
+    skipped: nothing is posted for it.
+    """
 
     def __init__(
         self,
@@ -120,6 +140,7 @@ class NodeRunner:
         device: str = "cpu",
         max_backoff_s: float = 30.0,
         max_poll_s: float = 10.0,
+        evaluate_local: bool = True,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.client = client
@@ -129,9 +150,13 @@ class NodeRunner:
         self.device = device
         self.max_backoff_s = max_backoff_s
         self.max_poll_s = max_poll_s
+        self.evaluate_local = evaluate_local
         self.sleep = sleep
         self.local: LocalModel | None = None
         self.rounds_done: list[int] = []
+        self.rounds_refused: list[int] = []
+        self.rounds_skipped: set[int] = set()
+        self._last_wait_reason: str | None = None
         self._stop = False
         self._rng = random.Random()
 
@@ -149,8 +174,11 @@ class NodeRunner:
         return self.local
 
     def run(self, max_tasks: int | None = None) -> int:
+        from client_sdk.trainer import TrainingDiverged  # torch is imported here, not when the module loads
+
         failures = 0
         while not self._stop:
+            task: Task | None = None
             try:
                 local = self._ensure_model()
                 task = self.client.tasks.next(self.fid)
@@ -159,14 +187,30 @@ class NodeRunner:
                     log.info("federation %s is over (%s); %d rounds trained", self.fid, task.reason or "done",
                              len(self.rounds_done))
                     return 0
-                if task.action == TaskAction.WAIT:
+                if task.action == TaskAction.WAIT or int(task.round or 0) in self.rounds_skipped:
+                    if task.reason != self._last_wait_reason:
+                        log.info("waiting: %s", task.reason or "skipped round")
+                        self._last_wait_reason = task.reason
                     self.sleep(min(max(task.retry_after_s or 1.0, 0.01), self.max_poll_s))
                     continue
-                outcome = perform_task(self.client, self.fid, task, self.data, local)
+                self._last_wait_reason = None
+                log.info("round %s: training from model v%s%s", task.round, task.model_version,
+                         f" with complete prototypes v{task.prototype_version}"
+                         if task.prototype_version is not None else " (no complete prototypes yet)")
+                try:
+                    outcome = perform_task(self.client, self.fid, task, self.data, local,
+                                           evaluate_local=self.evaluate_local)
+                except TrainingDiverged as exc:
+                    log.error("round %s: local training diverged, nothing posted: %s", task.round, exc)
+                    self.rounds_skipped.add(int(task.round or 0))
+                    continue
                 self.rounds_done.append(int(task.round or 0))
-                log.info("round %s: update accepted%s (%d samples, loss %.4f, train %.2fs)", task.round,
-                         " (replayed)" if outcome.receipt.replayed else "", outcome.receipt.num_samples,
-                         outcome.metrics.get("train_loss", float("nan")), outcome.seconds["train"])
+                log.info("round %s: update accepted%s (%d samples, loss %.4f%s; download %.2fs, train %.2fs, "
+                         "upload %.2fs)", task.round, " (replayed)" if outcome.receipt.replayed else "",
+                         outcome.receipt.num_samples, outcome.metrics.get("train_loss", float("nan")),
+                         f", global model on local data: macro-F1 {outcome.metrics['local_eval_macro_f1']:.3f}"
+                         if "local_eval_macro_f1" in outcome.metrics else "",
+                         outcome.seconds["download"], outcome.seconds["train"], outcome.seconds["upload"])
                 if max_tasks is not None and len(self.rounds_done) >= max_tasks:
                     return 0
             except (AuthenticationError, PermissionDeniedError) as exc:
@@ -176,7 +220,9 @@ class NodeRunner:
                 log.error("the coordinator refused this node's token: %s", exc)
                 return 2
             except ConflictError as exc:
-                log.warning("update refused as late or stale (%s); asking for the next task", exc)
+                self.rounds_refused.append(int(task.round or 0) if task is not None else -1)
+                log.warning("round %s: update refused (%s: %s); asking for the next task",
+                            task.round if task is not None else "?", exc.code, exc.detail)
             except NotFoundError as exc:
                 log.error("federation %s not found: %s", self.fid, exc)
                 return 3
@@ -207,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device for local training (cpu, cuda, cuda:1, ...)")
     run.add_argument("--cache-dir", help="keep downloaded models/prototypes here (ETag cache)")
     run.add_argument("--max-tasks", type=int, default=None, help="stop after this many trained rounds")
+    run.add_argument("--no-local-eval", action="store_true",
+                     help="do not evaluate the received global model on the local data before training")
     run.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     run.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -216,12 +264,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per HTTP request drowns the node's own log; -v shows them
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.token:
         raise SystemExit("a client token is needed: --token or MFCPL_TOKEN")
     from client_sdk.data.registry import load_client_data
 
-    data = load_client_data(args.data, data_dir=args.data_dir).data
+    try:
+        shard = load_client_data(args.data, data_dir=args.data_dir)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        log.error("cannot load data source %r: %s", args.data, exc)
+        return 1
+    data = shard.data
+    log.info("data %s: %d samples (%s complete), class counts %s", args.data, len(data), int(data.complete.sum()),
+             np.bincount(data.labels).tolist())
     with MfcplClient(args.server, args.token, timeout=args.timeout, cache_dir=args.cache_dir) as client:
-        runner = NodeRunner(client, args.federation, data, threads=args.threads, device=args.device)
+        log.info("coordinator %s, federation %s", client.base_url, args.federation)
+        runner = NodeRunner(client, args.federation, data, threads=args.threads, device=args.device,
+                            evaluate_local=not args.no_local_eval)
         signal.signal(signal.SIGTERM, lambda *_: runner.stop())
         return runner.run(max_tasks=args.max_tasks)
