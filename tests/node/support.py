@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,3 +95,91 @@ def start_node(name: str, server: str, token: str, federation: str, data: str, l
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=node_environment(), stdout=log, stderr=subprocess.STDOUT)
     return NodeProcess(name, process, log_path)
+
+
+class HoldingProxy:
+    """A TCP forwarder to ``upstream`` that holds back the first request starting with ``hold_prefix`` (bytes of
+    the request line) until :meth:`release`: a real network path on which an update arrives late."""
+
+    def __init__(self, upstream_port: int, hold_prefix: bytes) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.hold_prefix = hold_prefix
+        self.held = threading.Event()
+        self._gate = threading.Event()
+        self._taken = False
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        threading.Thread(target=self._accept_loop, daemon=True).start()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def close(self) -> None:
+        self._gate.set()
+        self._listener.close()
+
+    def _should_hold(self, chunk: bytes) -> bool:
+        with self._lock:
+            if self._taken or not chunk.startswith(self.hold_prefix):
+                return False
+            self._taken = True
+            return True
+
+    def _accept_loop(self) -> None:
+        while True:
+            try:
+                downstream, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(downstream,), daemon=True).start()
+
+    def _serve(self, downstream: socket.socket) -> None:
+        try:
+            link: dict[str, socket.socket | None] = {"up": socket.create_connection(self.upstream, timeout=60),
+                                                     "holding": None}
+        except OSError:
+            downstream.close()
+            return
+
+        def close_all(sockets: tuple[socket.socket, ...]) -> None:
+            for sock in sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+        def down(up: socket.socket) -> None:
+            try:
+                while chunk := up.recv(65536):
+                    downstream.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                # While a request is held (and after it is sent on a fresh connection) the server closing
+                # this one must not close the client's side.
+                if link["up"] is up and link["holding"] is None:
+                    close_all((up, downstream))
+
+        def upward() -> None:
+            try:
+                while chunk := downstream.recv(65536):
+                    if self._should_hold(chunk):
+                        link["holding"] = downstream
+                        self.held.set()
+                        self._gate.wait(120)
+                        # The server may have dropped the idle keep-alive connection meanwhile: use a new one.
+                        old, fresh = link["up"], socket.create_connection(self.upstream, timeout=60)
+                        link["up"] = fresh
+                        link["holding"] = None
+                        if old is not None:
+                            close_all((old,))
+                        threading.Thread(target=down, args=(fresh,), daemon=True).start()
+                    up = link["up"]
+                    assert up is not None
+                    up.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                close_all(tuple(sock for sock in (link["up"], downstream) if sock is not None))
+
+        threading.Thread(target=upward, daemon=True).start()
+        threading.Thread(target=down, args=(link["up"],), daemon=True).start()
