@@ -68,12 +68,16 @@ class ModelOutput:
 class TimeSeriesEncoder(nn.Module):
     """[B, T, C] -> three Conv1d(k5, pad 2)-ReLU-MaxPool(2)-Dropout blocks (32/64/128) -> GRU(128 -> d)."""
 
-    def __init__(self, channels: int, hidden: int, dropout: float) -> None:
+    def __init__(self, channels: int, hidden: int, dropout: float, conv_init: str = "kaiming") -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         widths = [channels, 32, 64, 128]
         for cin, cout in zip(widths, widths[1:], strict=False):
-            blocks += [nn.Conv1d(cin, cout, kernel_size=5, padding=2), nn.ReLU(), nn.MaxPool1d(2), nn.Dropout(dropout)]
+            conv = nn.Conv1d(cin, cout, kernel_size=5, padding=2)
+            if conv_init == "kaiming":
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+            blocks += [conv, nn.ReLU(), nn.MaxPool1d(2), nn.Dropout(dropout)]
         self.conv = nn.Sequential(*blocks)
         self.rnn = nn.GRU(128, hidden, batch_first=True)
 
@@ -165,7 +169,7 @@ def build_encoder(spec: ModalitySpec, settings: ModelSettings, finetune_text: bo
             raise ValueError(f"modality {spec.name!r}: timeseries shape must be [T, C]; got {spec.shape}")
         if spec.shape[0] < 8:
             raise ValueError(f"modality {spec.name!r}: timeseries needs T >= 8 (three MaxPool(2)); got {spec.shape}")
-        return TimeSeriesEncoder(spec.shape[1], d, settings.dropout)
+        return TimeSeriesEncoder(spec.shape[1], d, settings.dropout, settings.conv_init)
     if spec.kind == ModalityKind.VECTOR:
         dim = 1
         for s in spec.shape:

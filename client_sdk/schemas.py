@@ -94,6 +94,12 @@ class ModelSettings(_Model):
     shared_modality_head: bool = Field(
         False, description="One g2 shared by every modality instead of one per modality."
     )
+    conv_init: Literal["kaiming", "default"] = Field(
+        "kaiming",
+        description="Conv1d weights of timeseries encoders: Kaiming-normal (fan-in, ReLU) with zero bias, or "
+        "PyTorch's default. With the default the signal fades through the three conv blocks and the GRU, and "
+        "training sits at one predicted class for tens of rounds (docs/algorithm.md).",
+    )
     text_encoder_path: str | None = Field(
         None, description="Local path of a transformers checkpoint, for `text` modalities."
     )

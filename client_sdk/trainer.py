@@ -44,14 +44,14 @@ class TrainerOptions:
     """The trainer's settings from ``TrainingConfig.options`` (validated), with their defaults."""
 
     prototype_space: str = "normalized"
-    lambda_proto_ce: float = 1.0  # weight of the cosine-head CE on s (``normalized`` space only)
+    lambda_proto_ce: float = 0.1  # weight of the cosine-head CE on s (``normalized`` space only)
     pmcmfl_lambda: float = 1.0  # weight of PmcmFL's prototype contrast
 
     @classmethod
     def from_config(cls, training: TrainingConfig) -> TrainerOptions:
         return cls(
             prototype_space=prototype_space_of(training),
-            lambda_proto_ce=float_option(training, "lambda_proto_ce", 1.0),
+            lambda_proto_ce=float_option(training, "lambda_proto_ce", 0.1),
             pmcmfl_lambda=float_option(training, "pmcmfl_lambda", 1.0),
         )
 

@@ -24,6 +24,7 @@ class ExperimentConfig(BaseModel):
     missing_rate: float = Field(0.0, ge=0, le=1)
     missing_mode: MissingMode = "client"
     alpha: float = Field(0.1, gt=0, description="Dirichlet label-partition concentration.")
+    shards_per_subject: int = Field(5, ge=1, description="UCI-HAR: clients per training subject.")
     max_clients: int | None = Field(None, ge=1, description="Keep only the first N clients (slices, tests).")
     subjects: list[int] | None = Field(None, description="UCI-HAR training subjects to use (default all 21).")
     clients_per_round: int = Field(10, ge=1)

@@ -41,6 +41,7 @@ def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummar
     options: dict[str, Any] = {"seed": cfg.seed}
     if cfg.dataset == "uci_har":
         options["alpha"] = cfg.alpha
+        options["shards_per_subject"] = cfg.shards_per_subject
         if cfg.subjects is not None:
             options["subjects"] = cfg.subjects
     if cfg.max_clients is not None:
@@ -185,6 +186,7 @@ def run_experiment(
             if pending is not None:
                 _evaluate_and_record(admin, fid, evaluator, pending, history)
                 progress(_progress_line(history[-1], cfg.rounds))
+                _checkpoint(out, history)
                 pending = None
             outcomes = [job.get() for job in jobs]
             closed = _wait_closed(admin, fid, number)
@@ -356,6 +358,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
             if pending is not None:  # evaluate the last round's model while the workers train this one
                 _evaluate_inline(evaluator, *pending)
                 progress(_progress_line(pending[0], cfg.rounds))
+                _checkpoint(out, history)
                 pending = None
             results = sorted(job.get() for job in jobs)
             t_agg = time.perf_counter()
@@ -397,3 +400,12 @@ def _evaluate_inline(evaluator: _Evaluator, entry: dict[str, Any], weights: dict
     for split, metrics in evaluator(weights).items():
         entry.update({f"{split}_{k}": v for k, v in metrics.items()})
     entry["eval_seconds"] = time.perf_counter() - t0
+
+
+def _checkpoint(out: Path, history: list[dict[str, Any]]) -> None:
+    """The history so far, so a run that is cut off still leaves its curve (replaced atomically)."""
+    import json
+
+    tmp = out / "history.partial.json.tmp"
+    tmp.write_text(json.dumps(history))
+    tmp.replace(out / "history.partial.json")
