@@ -1,11 +1,10 @@
 """End to end: an operator creates an MFCPL federation on a slice of UCI-HAR, four real ``mfcpl client run``
 processes train it against a real coordinator on loopback, and the global model learns.
 
-Settings chosen so that the model learns within four rounds on two busy cores (the FedMultimodal protocol
-sits at one class for 50-80 rounds, METHOD.md "Dead start"): four nodes, one Dirichlet(5.0) shard of each of
-subjects 1, 3, 5, 6 (about 45 windows each), windows NOT z-normalised (``normalize=false`` in the data
-source: the signal energy separates moving from static activities at once), a narrow model (d = 32, no
-dropout), 5 local epochs of batch 8 at lr 0.05, every node in every round.
+Settings chosen so that the model learns within four rounds on two busy cores (the full FedMultimodal
+protocol needs many rounds, METHOD.md "Dead start"): four nodes, one Dirichlet(5.0) shard of each of subjects
+1, 3, 5, 6 (about 45 windows each), a narrow model (d = 32, no dropout), 5 local epochs of batch 8 at lr 0.05,
+every node in every round.
 """
 
 from __future__ import annotations
@@ -38,13 +37,13 @@ CHANCE_MACRO_F1 = 1 / 6  # a uniform random guess over 6 balanced classes
 
 
 def data_source(shard: str) -> str:
-    return f"uci_har:{shard}?alpha={ALPHA}&seed={PARTITION_SEED}&normalize=false"
+    return f"uci_har:{shard}?alpha={ALPHA}&seed={PARTITION_SEED}"
 
 
 @pytest.fixture(scope="module")
 def har() -> FederatedDataset:
     return uci_har_federation(data_dir=DATA_DIR, subjects=SUBJECTS, alpha=ALPHA, seed=PARTITION_SEED,
-                              test_subjects=[], normalize=False)
+                              test_subjects=[])
 
 
 def learning_config(har: FederatedDataset) -> FederationCreate:
@@ -116,5 +115,5 @@ def test_four_nodes_train_mfcpl_on_uci_har_and_the_global_model_learns(tmp_path:
         assert final.version.version == ROUNDS
         before, after = dev_macro_f1(config, v0, har), dev_macro_f1(config, final.weights, har)
     print(f"dev macro-F1: model v0 {before:.3f} -> v{ROUNDS} {after:.3f} (chance {CHANCE_MACRO_F1:.3f})")
-    assert after >= before + 0.15, (before, after)
-    assert after >= CHANCE_MACRO_F1 + 0.08, (before, after)
+    assert after >= before + 0.2, (before, after)
+    assert after >= CHANCE_MACRO_F1 + 0.15, (before, after)

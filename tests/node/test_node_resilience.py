@@ -163,3 +163,17 @@ def test_a_node_whose_token_is_revoked_exits_with_code_2(tmp_path: Path) -> None
         log = node.log()
         assert code == 2, log[-3000:]
         assert "the coordinator refused this node's token" in log and "revoked" in log
+
+
+def test_a_data_source_that_cannot_be_loaded_stops_the_node_with_code_1_and_the_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from client_sdk.node import main
+
+    common = ["run", "--server", "http://127.0.0.1:9", "--token", "t", "--federation", "fed_x", "--data-dir",
+              str(DATA_DIR)]
+    assert main([*common, "--data", "uci_har:s99_k0"]) == 1
+    assert main([*common, "--data", "nosuchset:a"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert "cannot load data source 'uci_har:s99_k0'" in errors[0] and "not official training subjects" in errors[0]
+    assert "unknown dataset 'nosuchset'" in errors[1]
