@@ -1,8 +1,9 @@
-"""Reading safetensors request bodies: media-type check, streamed read with a size cap, one buffer."""
+"""Reading safetensors request bodies: media-type check, streamed read with a size cap (into one buffer, or
+fed to a sink chunk by chunk)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import Request, Response
 
@@ -50,6 +51,60 @@ async def read_capped_body(request: Request, limit: int, hasher: Any = None) -> 
         if hasher is not None:
             hasher.update(chunk)
     return buf
+
+
+class BodySink(Protocol):
+    def feed(self, chunks: list[bytes]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+# Chunks are handed to the sink in batches of about this many bytes: few enough hand-offs to a writer thread,
+# small enough that writing and hashing follow the transfer closely.
+SINK_BATCH_BYTES = 512 * 1024
+
+
+def check_declared_length(request: Request, limit: int) -> int | None:
+    """The Content-Length, if given; 413 at once when it exceeds ``limit`` (before anything else is done)."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isdigit():
+        return None
+    size = int(declared)
+    if size > limit:
+        raise ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+    return size
+
+
+async def stream_capped_body(request: Request, limit: int, sink: BodySink) -> int:
+    """Feed the body to ``sink`` in batches as it arrives (no copy, no hashing on the event loop); its size.
+
+    413 past ``limit``; 400 when the body is shorter or longer than its Content-Length. ``sink.finish()`` is
+    called only after a complete body.
+    """
+    declared = check_declared_length(request, limit)
+    cap = limit if declared is None else declared
+    received = 0
+    batch: list[bytes] = []
+    batch_bytes = 0
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        received += len(chunk)
+        if received > cap:
+            if declared is not None:
+                raise ProblemError(400, ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
+            raise ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+        batch.append(chunk)
+        batch_bytes += len(chunk)
+        if batch_bytes >= SINK_BATCH_BYTES:
+            sink.feed(batch)
+            batch, batch_bytes = [], 0
+    if declared is not None and received != declared:
+        raise ProblemError(400, ErrorCode.BAD_REQUEST, f"body ended after {received} of {declared} bytes")
+    if batch:
+        sink.feed(batch)
+    sink.finish()
+    return received
 
 
 def etag_of(sha256: str) -> str:

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -199,8 +200,20 @@ def _aggregate(services: Services, config: FederationCreate, input_model: ModelV
                previous_prototypes: PrototypeSetRow | None, updates: Sequence[UpdateRow]) -> _Aggregate:
     started = time.perf_counter()
     blobs = services.blobs
-    sources = [(blobs.get(u.sha256), float(u.num_samples)) for u in updates]
-    averaged = weighted_average(sources, prefix="weights/")
+    # Each update blob is an mmap for the duration of the fold (the db store spills it to a temporary file
+    # first), so process memory stays O(model size) whatever the number of updates. Prototypes are copied
+    # out (they are small) so that no view outlives the maps.
+    local_sets: list[dict[str, LocalPrototypes]] = []
+    with ExitStack() as opened:
+        sources = [(opened.enter_context(blobs.open(u.sha256)), float(u.num_samples)) for u in updates]
+        averaged = weighted_average(sources, prefix="weights/")
+        for buf, _ in sources:
+            prototypes = {level: LocalPrototypes(classes=p.classes.copy(), vectors=p.vectors.copy(),
+                                                 counts=p.counts.copy())
+                          for level, p in decode_update(buf).prototypes.items()}
+            if prototypes:
+                local_sets.append(prototypes)
+        del sources
     specs = input_model.tensor_specs
     momentum_bytes = None
     if config.algorithm == Algorithm.FEDOPT:
@@ -216,11 +229,6 @@ def _aggregate(services: Services, config: FederationCreate, input_model: ModelV
                    for name in specs}
     model_bytes = encode_model(new_weights)
 
-    local_sets: list[dict[str, LocalPrototypes]] = []
-    for buf, _ in sources:
-        prototypes = decode_update(buf).prototypes
-        if prototypes:
-            local_sets.append(prototypes)
     previous = decode_prototypes(blobs.get(previous_prototypes.sha256)) if previous_prototypes else None
     prototype_bytes = levels = None
     if local_sets or previous:

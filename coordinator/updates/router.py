@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
@@ -12,7 +11,7 @@ from starlette.background import BackgroundTask
 
 from client_sdk.schemas import IDEMPOTENCY_HEADER, UpdateReceipt
 from coordinator.auth import Principal, require_admin, require_client
-from coordinator.bodies import read_capped_body, require_tensor_media_type
+from coordinator.bodies import check_declared_length, require_tensor_media_type, stream_capped_body
 from coordinator.core import Services, get_services
 from coordinator.observability import UPDATE_BYTES, UPDATE_REFUSALS, UPDATES
 from coordinator.openapi import RECEIPT_EXAMPLE, SAFETENSORS_BODY, example, problems
@@ -47,10 +46,16 @@ async def post_update(
     assert principal.client_id is not None
     try:
         require_tensor_media_type(request)
-        hasher = hashlib.sha256()
-        body = await read_capped_body(request, services.settings.max_update_bytes, hasher)
-        result = await run_in_threadpool(service.ingest, services, fid, r, principal.client_id, body,
-                                         idempotency_key, hasher.hexdigest())
+        limit = services.settings.max_update_bytes
+        check_declared_length(request, limit)
+        # Refusals that need no body (closed round, not a participant, ...) answer before it is read.
+        admission = await run_in_threadpool(service.admit, services, fid, r, principal.client_id, idempotency_key)
+        upload = services.blobs.begin_upload(durable=not admission.reported)
+        try:
+            await stream_capped_body(request, limit, upload)
+            result = await run_in_threadpool(service.ingest_upload, services, admission, upload, idempotency_key)
+        finally:
+            upload.close()
     except ProblemError as exc:
         UPDATES.labels("refused").inc()
         UPDATE_REFUSALS.labels(exc.code).inc()

@@ -1,29 +1,47 @@
-"""Update ingestion: replay detection, round checks, validation, durable blob, one short write transaction.
+"""Update ingestion: admission before the body, validation, durable blob, one short write transaction.
 
-Order matters: a replay of an accepted update is answered (200) even after its round closed, so the
-idempotency lookup comes first; a refusal changes nothing (the blob of a refused body is never written,
-except when the final guarded UPDATE loses to a concurrent close, which leaves an unreferenced blob).
+The path of one update (``admit`` then ``ingest_upload``):
+
+1. ``admit``, before the body is read (one SELECT): federation not finished, round exists and is open,
+   deadline not passed, client sampled, and whether this client already has an update for the round (or
+   used this Idempotency-Key). A refusal there answers at once and reads no body. A client that already
+   reported goes the replay way: the body is only hashed, then answered as a replay (200) or refused
+   (409 ``idempotency_conflict``), even after the round closed.
+2. The body streams into a temporary blob file (hashed and written by a pool thread while it arrives).
+3. ``ingest_upload``: validation against the round's immutable facts (tensor specs, prototype dimensions;
+   cached per process), then the blob is made durable, then one write transaction: the guarded
+   ``received + 1`` on the open round, the row insert, the event. The unique key (federation, round, client)
+   and (client, Idempotency-Key) decide a race between identical requests: the loser is answered as the
+   winner's replay. The 201 goes out only after both commits (contract 4).
+
+A refusal changes nothing: no row, and the temporary file is removed (a blob is left unreferenced only when
+the final guarded UPDATE loses to a concurrent close).
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from client_sdk.schemas import ErrorCode, EventType, RoundState, UpdateReceipt
+from coordinator.blobs import BlobUpload, Buffer
 from coordinator.core import Services
 from coordinator.events.service import emit
 from coordinator.federations import service as federations
+from coordinator.federations.orm import FederationRow
 from coordinator.models.service import latest_prototype_row, model_specs
 from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import new_id, utcnow
 from coordinator.updates.orm import UpdateRow
-from coordinator.updates.validation import validate_update
+from coordinator.updates.validation import ValidatedUpdate, validate_update
 
 
 @dataclass(frozen=True)
@@ -33,11 +51,31 @@ class IngestResult:
     round_complete: bool = False
 
 
+@dataclass(frozen=True)
+class RoundFacts:
+    """What never changes once a round exists (cached per process, so safe with several replicas)."""
+
+    participants: frozenset[str]
+    count: int
+    input_model_version: int
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The outcome of the checks made before the body: accept it (``facts``), or answer a replay."""
+
+    fid: str
+    number: int
+    client_id: str
+    facts: RoundFacts | None
+    reported: bool  # this client has an update for the round, or used this Idempotency-Key: replay or conflict
+
+
 class _RoundClosedError(Exception):
     pass
 
 
-def receipt_of(row: UpdateRow, replayed: bool = False) -> UpdateReceipt:
+def receipt_of(row: Any, replayed: bool = False) -> UpdateReceipt:
     return UpdateReceipt(id=row.id, federation_id=row.federation_id, round=row.round, client_id=row.client_id,
                          num_samples=row.num_samples, sha256=row.sha256, size_bytes=row.size_bytes,
                          received_at=row.received_at, replayed=replayed)
@@ -65,64 +103,181 @@ def _replay(session: Session, fid: str, number: int, client_id: str, sha256: str
                        f"(sha256 {existing.sha256[:12]}...); an update cannot be replaced")
 
 
-def _check_round(session: Session, fid: str, number: int, client_id: str) -> RoundRow:
-    fed = federations.get_row(session, fid)
-    if fed.status in federations.TERMINAL:
-        raise ProblemError(409, ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {fed.status}")
-    row = session.get(RoundRow, (fid, number))
-    if row is None:
+# ---------------------------------------------------------------------------------------------- admission
+
+
+def _round_facts(services: Services, fid: str, number: int) -> RoundFacts | None:
+    return services.cached(("round-facts", fid, number))
+
+
+def _check_round(session: Session, fid: str, number: int, client_id: str, status: str | None, state: str | None,
+                 deadline: datetime | None, facts: RoundFacts | None) -> None:
+    """Refuse an update for a finished federation, an unknown, closed or late round, or a non-participant."""
+    if status is None:
+        raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} does not exist")
+    if status in federations.TERMINAL:
+        raise ProblemError(409, ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {status}")
+    if state is None or deadline is None or facts is None:
         raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} has no round {number}")
-    if row.state != RoundState.OPEN:
+    if state != RoundState.OPEN:
         latest = session.scalar(select(func.max(RoundRow.number)).where(RoundRow.federation_id == fid))
         if latest is not None and latest > number:
-            raise ProblemError(409, ErrorCode.STALE_ROUND, f"round {number} is {row.state}; round {latest} is the "
+            raise ProblemError(409, ErrorCode.STALE_ROUND, f"round {number} is {state}; round {latest} is the "
                                "current one")
-        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} is {row.state}, not open")
-    if row.deadline <= utcnow():
+        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} is {state}, not open")
+    if deadline <= utcnow():
         raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} passed its deadline "
-                           f"{row.deadline.isoformat()}")
-    if client_id not in row.participants:
+                           f"{deadline.isoformat()}")
+    if client_id not in facts.participants:
         raise ProblemError(403, ErrorCode.NOT_PARTICIPANT, f"client {client_id} was not sampled for round {number}")
-    return row
 
 
-def _expected_dims(session: Session, fid: str, number: int, input_version: int) -> dict[str, int]:
-    """Prototype dimension per level: from the previous complete prototypes, else from accepted updates."""
-    dims: dict[str, int] = {}
-    previous = latest_prototype_row(session, fid, at_most=input_version)
-    if previous is not None:
-        dims.update({level["name"]: int(level["dim"]) for level in previous.levels})
-    for accepted in session.scalars(select(UpdateRow.prototype_dims).where(UpdateRow.federation_id == fid,
-                                                                           UpdateRow.round == number)):
+def admit(services: Services, fid: str, number: int, client_id: str, idempotency_key: str | None) -> Admission:
+    """The checks that need no body, in one SELECT; raises the refusal, if any, before the body is read."""
+    facts = _round_facts(services, fid, number)
+    mine = and_(UpdateRow.federation_id == fid, UpdateRow.round == number, UpdateRow.client_id == client_id)
+    if idempotency_key is not None:
+        mine = or_(mine, and_(UpdateRow.client_id == client_id, UpdateRow.idempotency_key == idempotency_key))
+    columns: list[Any] = [FederationRow.status, RoundRow.state, RoundRow.deadline,
+                          exists().where(mine).label("reported")]
+    if facts is None:
+        columns += [RoundRow.participants, RoundRow.input_model_version]
+    query = (select(*columns).select_from(FederationRow)
+             .outerjoin(RoundRow, and_(RoundRow.federation_id == FederationRow.id, RoundRow.number == number))
+             .where(FederationRow.id == fid))
+    with services.db.read() as session:
+        found = session.execute(query).first()
+        if found is not None and found.reported:
+            return Admission(fid, number, client_id, facts, reported=True)
+        if facts is None and found is not None and found.state is not None:
+            participants = frozenset(found.participants)
+            facts = services.remember(("round-facts", fid, number),
+                                      RoundFacts(participants, len(found.participants), found.input_model_version))
+        status = found.status if found is not None else None
+        state = found.state if found is not None else None
+        deadline = found.deadline if found is not None else None
+        _check_round(session, fid, number, client_id, status, state, deadline, facts)
+    return Admission(fid, number, client_id, facts, reported=False)
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@contextmanager
+def _lazy_session(services: Services) -> Iterator[Callable[[], Session]]:
+    """A read session opened only if something asks for it (cache misses)."""
+    with ExitStack() as stack:
+        opened: list[Session] = []
+
+        def get() -> Session:
+            if not opened:
+                opened.append(stack.enter_context(services.db.read()))
+            return opened[0]
+
+        yield get
+
+
+def _previous_dims(services: Services, session: Callable[[], Session], fid: str, input_version: int) -> dict[str, int]:
+    """Prototype dimension per level of the complete prototypes this round starts from (immutable)."""
+    key = ("prototype-dims", fid, input_version)
+    cached = services.cached(key)
+    if cached is None:
+        previous = latest_prototype_row(session(), fid, at_most=input_version)
+        dims = {level["name"]: int(level["dim"]) for level in previous.levels} if previous is not None else {}
+        cached = services.remember(key, dims)
+    return dict(cached)
+
+
+def _expected_dims(services: Services, session: Callable[[], Session], fid: str, number: int, input_version: int,
+                   levels: set[str] | None = None) -> dict[str, int]:
+    """Prototype dimension per level: from the previous complete prototypes, else from accepted updates.
+
+    A dimension, once an accepted update fixed it, never changes, so those seen are cached per process; the
+    accepted updates are scanned only when ``levels`` names one not known yet.
+    """
+    dims = _previous_dims(services, session, fid, input_version)
+    seen_key = ("round-dims", fid, number)
+    for level, d in (services.cached(seen_key) or {}).items():
+        dims.setdefault(level, d)
+    if levels is None or levels <= dims.keys():
+        return dims
+    found: dict[str, int] = {}
+    for accepted in session().scalars(select(UpdateRow.prototype_dims).where(UpdateRow.federation_id == fid,
+                                                                              UpdateRow.round == number)):
         for level, d in accepted.items():
-            dims.setdefault(level, int(d))
+            found.setdefault(level, int(d))
+    _remember_round_dims(services, fid, number, found)
+    for level, d in found.items():
+        dims.setdefault(level, d)
     return dims
 
 
-def ingest(services: Services, fid: str, number: int, client_id: str, body: bytearray | memoryview,
-           idempotency_key: str | None, sha256: str | None = None) -> IngestResult:
-    """Accept or refuse one update; ``sha256`` may be given when it was computed while reading the body."""
-    sha256 = sha256 or hashlib.sha256(body).hexdigest()
-    # The blob is written and fsynced in the background while the checks run; it becomes visible (renamed
-    # to its sha256) only if they pass, and always before the row is committed.
-    pending = services.blobs.begin_put(body, sha256)
-    try:
-        with services.db.read() as session:
-            replay = _replay(session, fid, number, client_id, sha256, idempotency_key)
-            if replay is not None:
-                pending.abort()
-                return IngestResult(replay, created=False)
-            row = _check_round(session, fid, number, client_id)
-            config = federations.config_of(services, session, fid)
-            specs = model_specs(services, session, fid, row.input_model_version)
-            expected_dims = _expected_dims(session, fid, number, row.input_model_version)
-        checked = validate_update(body, specs=specs, num_classes=config.num_classes,
-                                  modalities={m.name for m in config.modalities}, expected_dims=expected_dims,
-                                  input_model_version=row.input_model_version)
-    except BaseException:
-        pending.abort()
-        raise
-    pending.commit()
+def _remember_round_dims(services: Services, fid: str, number: int, dims: Mapping[str, int]) -> None:
+    if not dims:
+        return
+    key = ("round-dims", fid, number)
+    known = dict(services.cached(key) or {})
+    if dims.keys() <= known.keys():
+        return
+    for level, d in dims.items():
+        known.setdefault(level, int(d))
+    services.remember(key, known)
+
+
+def _validate(services: Services, admission: Admission, body: Buffer) -> ValidatedUpdate:
+    fid, number, facts = admission.fid, admission.number, admission.facts
+    assert facts is not None
+    with _lazy_session(services) as session:
+        config = services.cached(("config", fid))
+        if config is None:
+            config = federations.config_of(services, session(), fid)
+        specs = services.cached(("specs", fid, facts.input_model_version))
+        if specs is None:
+            specs = model_specs(services, session(), fid, facts.input_model_version)
+        modalities = {m.name for m in config.modalities}
+
+        def check(expected: Mapping[str, int]) -> ValidatedUpdate:
+            return validate_update(body, specs=specs, num_classes=config.num_classes, modalities=modalities,
+                                   expected_dims=expected, input_model_version=facts.input_model_version)
+
+        expected = _expected_dims(services, session, fid, number, facts.input_model_version)
+        checked = check(expected)
+        if not checked.prototype_dims.keys() <= expected.keys():
+            # A level no accepted update fixed, as far as this process knows: ask the database, check again.
+            fuller = _expected_dims(services, session, fid, number, facts.input_model_version,
+                                    set(checked.prototype_dims))
+            if fuller.keys() != expected.keys():
+                checked = check(fuller)
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------- ingestion
+
+
+def _answer_reported(services: Services, admission: Admission, sha256: str,
+                     idempotency_key: str | None) -> IngestResult | None:
+    with services.db.read() as session:
+        replay = _replay(session, admission.fid, admission.number, admission.client_id, sha256, idempotency_key)
+    return IngestResult(replay, created=False) if replay is not None else None
+
+
+def ingest_upload(services: Services, admission: Admission, upload: BlobUpload,
+                  idempotency_key: str | None) -> IngestResult:
+    """Accept or refuse an admitted update whose body is (being) written to ``upload``.
+
+    Blocks until the body is in; the caller closes ``upload`` afterwards, whatever happened.
+    """
+    fid, number, client_id = admission.fid, admission.number, admission.client_id
+    sha256, size = upload.wait_written()
+    if admission.reported:
+        answer = _answer_reported(services, admission, sha256, idempotency_key)
+        if answer is not None:
+            return answer
+        admission = admit(services, fid, number, client_id, None)  # defensive: the admission has to hold
+    facts = admission.facts
+    assert facts is not None
+    checked = _validate(services, admission, upload.view())
+    upload.commit()
     now = utcnow()
     try:
         with services.db.write() as session:
@@ -135,24 +290,42 @@ def ingest(services: Services, fid: str, number: int, client_id: str, body: byte
             ).scalar_one_or_none()
             if received is None:
                 raise _RoundClosedError
-            update_row = UpdateRow(id=new_id("upd"), federation_id=fid, round=number, client_id=client_id,
-                                   num_samples=checked.num_samples, sha256=sha256, size_bytes=len(body),
-                                   metrics=checked.metrics, prototype_dims=checked.prototype_dims,
-                                   idempotency_key=idempotency_key, received_at=now)
-            session.add(update_row)
-            session.flush()
+            row = {"id": new_id("upd"), "federation_id": fid, "round": number, "client_id": client_id,
+                   "num_samples": checked.num_samples, "sha256": sha256, "size_bytes": size,
+                   "metrics": checked.metrics, "prototype_dims": checked.prototype_dims,
+                   "idempotency_key": idempotency_key, "received_at": now}
+            session.execute(insert(UpdateRow).values(**row))
             emit(session, fid, EventType.UPDATE_RECEIVED, number,
                  {"client_id": client_id, "num_samples": checked.num_samples, "received": received,
-                  "participants": len(row.participants)})
+                  "participants": facts.count})
     except (IntegrityError, _RoundClosedError):
-        # A concurrent identical request won (the insert, or the last place before the round closed):
-        # answer as its replay, or refuse.
-        with services.db.read() as session:
-            replay = _replay(session, fid, number, client_id, sha256, idempotency_key)
-        if replay is not None:
-            return IngestResult(replay, created=False)
+        # A concurrent request won (the insert, or the last place before the round closed): answer as its
+        # replay, or refuse.
+        answer = _answer_reported(services, admission, sha256, idempotency_key)
+        if answer is not None:
+            return answer
         raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} closed while this update arrived") from None
-    return IngestResult(receipt_of(update_row), created=True, round_complete=received >= len(row.participants))
+    _remember_round_dims(services, fid, number, checked.prototype_dims)
+    receipt = UpdateReceipt(id=row["id"], federation_id=fid, round=number, client_id=client_id,
+                            num_samples=checked.num_samples, sha256=sha256, size_bytes=size, received_at=now)
+    return IngestResult(receipt, created=True, round_complete=received >= facts.count)
+
+
+def ingest(services: Services, fid: str, number: int, client_id: str, body: Buffer,
+           idempotency_key: str | None, sha256: str | None = None) -> IngestResult:
+    """Accept or refuse one update whose whole body is in memory (in-process callers, diagnostics).
+
+    ``sha256`` is accepted for compatibility and ignored: the upload hashes what it writes.
+    """
+    del sha256
+    admission = admit(services, fid, number, client_id, idempotency_key)
+    upload = services.blobs.begin_upload(durable=not admission.reported)
+    try:
+        upload.feed([bytes(body)])
+        upload.finish()
+        return ingest_upload(services, admission, upload, idempotency_key)
+    finally:
+        upload.close()
 
 
 def list_updates(session: Session, fid: str, number: int) -> list[UpdateReceipt]:
@@ -162,4 +335,4 @@ def list_updates(session: Session, fid: str, number: int) -> list[UpdateReceipt]
     return [receipt_of(r) for r in rows]
 
 
-__all__ = ["IngestResult", "ingest", "list_updates", "receipt_of"]
+__all__ = ["Admission", "IngestResult", "admit", "ingest", "ingest_upload", "list_updates", "receipt_of"]
