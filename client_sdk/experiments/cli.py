@@ -170,6 +170,10 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time")
     p.add_argument("--table", default=None, help="write the markdown table here (default: print it)")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from --results-dir")
+    p.add_argument("--all", action="store_true", help="tabulate every result in --results-dir, not only this grid")
+    p.add_argument("--at-round", type=int, default=None, help="compare every run as if it had stopped at round N")
+    p.add_argument("--collect-partial", action="store_true",
+                   help="also record runs cut off before their end (their history.partial.json in --runs-dir)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     p.add_argument("--device", default="cpu", help="torch device of each run (cpu, cuda)")
     p.add_argument("--in-process", action="store_true", help="run without the coordinator (see simulate --compare)")
@@ -181,6 +185,9 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         for method, rate, mode, seed in itertools.product(
             _split(args.methods, str), _split(args.rates, float), _split(args.modes, str), _split(args.seeds, int))
     ]
+    if args.collect_partial:
+        _collect_partial(configs, results_dir, Path(args.runs_dir), "inprocess" if args.in_process else "http",
+                         args.device)
     if not args.table_only:
         todo = [c for c in configs if not (results_dir / f"{c.run_id()}.json").exists()]
         print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run, "
@@ -194,7 +201,11 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     from client_sdk.experiments.results import load_results, results_table
 
     wanted = {c.run_id() for c in configs}
-    results = [r for r in load_results(results_dir.glob("*.json")) if r.run_id in wanted]
+    results = [r for r in load_results(results_dir.glob("*.json")) if args.all or r.run_id in wanted]
+    if args.at_round is not None:
+        from client_sdk.experiments.results import truncated
+
+        results = [truncated(r, args.at_round) for r in results]
     table = results_table(results)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +214,29 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         print(f"table written to {args.table}")
     print(table)
     return 0
+
+
+def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, runs_dir: Path, transport: str,
+                     device: str) -> None:
+    """Turn the checkpointed histories of runs that were cut off into results marked ``partial``."""
+    import re
+
+    from client_sdk.experiments.results import summarize_history
+
+    for cfg in configs:
+        dest = results_dir / f"{cfg.run_id()}.json"
+        partial = runs_dir / cfg.run_id() / "history.partial.json"
+        if dest.exists() or not partial.exists():
+            continue
+        history = json.loads(partial.read_text())
+        log = runs_dir / cfg.run_id() / "run.log"
+        found = re.search(r"(\d+) can train", log.read_text()) if log.exists() else None
+        trainable = int(found.group(1)) if found else 0
+        result = summarize_history(cfg, history, wall_time_s=float(history[-1].get("elapsed_seconds", 0.0)),
+                                   transport=transport, missing={}, trainable_clients=trainable, device=device)
+        result.partial = True
+        dest.write_text(result.model_dump_json(indent=1))
+        print(f"collected {cfg.run_id()}: {len(history)} of {cfg.rounds} rounds (partial)")
 
 
 def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:

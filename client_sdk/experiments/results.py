@@ -32,6 +32,7 @@ class RunResult(BaseModel):
     )
     final_test: dict[str, float]
     wall_time_s: float
+    partial: bool = Field(False, description="The run was cut off before its last round (history so far).")
     timing: dict[str, float] = Field(default_factory=dict)
     history: list[dict[str, Any]]
 
@@ -92,6 +93,20 @@ def load_results(paths: Iterable[Path]) -> list[RunResult]:
     return [RunResult.model_validate_json(p.read_text()) for p in sorted(paths)]
 
 
+def rounds_reached(result: RunResult) -> int:
+    return max((e["round"] for e in result.history), default=0)
+
+
+def truncated(result: RunResult, max_round: int) -> RunResult:
+    """The result as if the run had stopped after ``max_round`` (to compare runs at equal rounds)."""
+    history = [e for e in result.history if e["round"] <= max_round]
+    out = summarize_history(result.config, history, wall_time_s=result.wall_time_s, transport=result.transport,
+                            missing=result.missing, trainable_clients=result.trainable_clients,
+                            federation_id=result.federation_id, device=result.device)
+    out.partial = result.partial or rounds_reached(result) > max_round
+    return out
+
+
 def _mean_std(values: Sequence[float]) -> str:
     if not values:
         return "-"
@@ -109,7 +124,7 @@ def results_table(results: Sequence[RunResult], group_keys: Sequence[str] = ("mi
         c = r.config
         mode = c.missing_mode if c.missing_rate > 0 else "none"
         key = tuple(mode if k == "missing_mode" else getattr(c, k) for k in group_keys)
-        key += (str(c.algorithm), c.tag, c.rounds)
+        key += (str(c.algorithm), c.tag)
         groups.setdefault(key, []).append(r)
     header = [*group_keys, "method", "variant", "rounds", "seeds", "test F1 @ best dev", "smoothed test F1",
               "best dev F1"]
@@ -120,6 +135,10 @@ def results_table(results: Sequence[RunResult], group_keys: Sequence[str] = ("mi
         smooth = [r.smoothed_test_macro_f1 for r in runs if r.smoothed_test_macro_f1 is not None]
         dev = [r.best_dev_macro_f1 for r in runs if r.best_dev_macro_f1 is not None]
         seeds = ",".join(str(r.config.seed) for r in sorted(runs, key=lambda r: r.config.seed))
-        cells = [str(x) for x in key] + [seeds, _mean_std(at_best), _mean_std(smooth), _mean_std(dev)]
+        reached = sorted({rounds_reached(r) for r in runs})
+        rounds = "-".join(str(x) for x in (reached[0], reached[-1]) if x) if len(reached) > 1 else str(reached[0])
+        if any(r.partial for r in runs):
+            rounds += f" of {runs[0].config.rounds}"
+        cells = [str(x) for x in key] + [rounds, seeds, _mean_std(at_best), _mean_std(smooth), _mean_std(dev)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
