@@ -170,6 +170,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time")
     p.add_argument("--table", default=None, help="write the markdown table here (default: print it)")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from --results-dir")
+    p.add_argument("--curves", default=None, help="also plot mean dev macro-F1 per round per method to this PNG")
     p.add_argument("--all", action="store_true", help="tabulate every result in --results-dir, not only this grid")
     p.add_argument("--at-round", type=int, default=None, help="compare every run as if it had stopped at round N")
     p.add_argument("--collect-partial", action="store_true",
@@ -207,6 +208,8 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
 
         results = [truncated(r, args.at_round) for r in results]
     table = results_table(results)
+    if args.curves:
+        _curves_plot(results, Path(args.curves))
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table)
@@ -237,6 +240,21 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
         result.partial = True
         dest.write_text(result.model_dump_json(indent=1))
         print(f"collected {cfg.run_id()}: {len(history)} of {cfg.rounds} rounds (partial)")
+
+
+def _curves_plot(results: Sequence[Any], path: Path) -> None:
+    """Mean dev macro-F1 over seeds per evaluated round, one line per method (and variant)."""
+    from client_sdk.experiments.plots import plot_curves
+
+    by_label: dict[str, dict[int, list[float]]] = {}
+    for r in results:
+        label = f"{r.config.algorithm}{'-' + r.config.tag if r.config.tag else ''}"
+        for e in r.history:
+            if "dev_macro_f1" in e:
+                by_label.setdefault(label, {}).setdefault(e["round"], []).append(e["dev_macro_f1"])
+    curves = {label: [(rnd, statistics.fmean(v)) for rnd, v in sorted(points.items())]
+              for label, points in by_label.items()}
+    plot_curves(curves, path, "mean dev macro-F1 over seeds")
 
 
 def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:
