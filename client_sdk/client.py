@@ -83,7 +83,7 @@ logger = logging.getLogger(__name__)
 ENV_SERVER_URL = "MFCPL_SERVER_URL"
 ENV_TOKEN = "MFCPL_TOKEN"
 ENV_ADMIN_TOKEN = "MFCPL_ADMIN_TOKEN"
-DEFAULT_SERVER_URL = "http://127.0.0.1:8000"
+DEFAULT_SERVER_URL = "http://127.0.0.1:8080"  # where `mfcpl serve` listens by default
 HEALTH_PATH = "/healthz"
 READY_PATH = "/readyz"
 
@@ -166,7 +166,8 @@ class ModelDownload(NamedTuple):
 class MfcplClient:
     """Synchronous client for the coordinator's REST API (``/v1``).
 
-    ``base_url`` defaults to ``$MFCPL_SERVER_URL`` (then ``http://127.0.0.1:8000``) and ``token`` to
+    ``base_url`` defaults to ``$MFCPL_SERVER_URL`` (then ``http://127.0.0.1:8080``, where ``mfcpl serve``
+    listens) and ``token`` to
     ``$MFCPL_TOKEN`` (a client token), then ``$MFCPL_ADMIN_TOKEN`` (the operator token). ``max_retries`` is
     the number of retries after the first try. ``cache_dir`` keeps downloaded model and prototype bodies on
     disk across restarts. ``transport`` is passed to :class:`httpx.Client` (e.g. a configured
