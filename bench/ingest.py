@@ -24,6 +24,7 @@ generator (which shares the machine's cores with the servers).
     .venv/bin/python bench/ingest.py                 # 1, 8, 32 clients, 5 repetitions, SQLite
     .venv/bin/python bench/ingest.py --postgres      # the same against a fresh Postgres database
     .venv/bin/python bench/ingest.py --quick         # 2 repetitions
+    .venv/bin/python bench/ingest.py --server-env MFCPL_FSYNC=false   # control: no fsync (unsafe, measuring only)
 """
 
 from __future__ import annotations
@@ -68,8 +69,7 @@ MODEL_TENSORS: dict[str, tuple[int, ...]] = {
     "head.weight": (64, 768), "head.bias": (64,),
 }
 SAFETENSORS_HEADERS = {"Content-Type": SAFETENSORS_CONTENT_TYPE}
-UVICORN_OPTIONS = ["--http", "httptools", "--workers", "1", "--log-level", "warning", "--no-access-log",
-                   "--host", "127.0.0.1"]
+UVICORN_OPTIONS = ["--http", "httptools", "--log-level", "warning", "--no-access-log", "--host", "127.0.0.1"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,6 +127,7 @@ class Server:
     log_path: Path
     ready_path: str
     cwd: Path = REPO
+    workers: int = 1
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -135,7 +136,8 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "uvicorn", *self.app, *UVICORN_OPTIONS, "--port", str(self.port)]
+        return [sys.executable, "-m", "uvicorn", *self.app, *UVICORN_OPTIONS, "--workers", str(self.workers),
+                "--port", str(self.port)]
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.launch()
@@ -167,10 +169,18 @@ class Server:
             return "(no log)"
 
     def cpu_seconds(self) -> float:
+        """User + system CPU of the server process and of its worker processes (``--workers`` > 1)."""
         assert self.process is not None
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        total = 0
+        for stat_path in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                stat = stat_path.read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(stat_path.parent.name) == self.process.pid or int(fields[1]) == self.process.pid:  # ppid
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / CLK_TCK
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -187,16 +197,17 @@ def base_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
 
 
-def coordinator_server(work: Path, database_url: str, admin_token: str, source: Path = REPO) -> Server:
+def coordinator_server(work: Path, database_url: str, admin_token: str, source: Path = REPO,
+                       extra_env: dict[str, str] | None = None, workers: int = 1) -> Server:
     env = base_env() | {"MFCPL_DATA_DIR": str(work / "coordinator"), "MFCPL_DATABASE_URL": database_url,
-                        "MFCPL_ADMIN_TOKEN": admin_token}
+                        "MFCPL_ADMIN_TOKEN": admin_token} | (extra_env or {})
     return Server("coordinator", ["coordinator.app:create_app", "--factory"], env, work / "coordinator.log",
-                  "/readyz", cwd=source)
+                  "/readyz", cwd=source, workers=workers)
 
 
-def bare_server(work: Path) -> Server:
+def bare_server(work: Path, workers: int = 1) -> Server:
     return Server("bare", ["bare_app:app", "--app-dir", str(REPO / "bench")], base_env(), work / "bare.log",
-                  "/healthz")
+                  "/healthz", workers=workers)
 
 
 @contextmanager
@@ -488,8 +499,9 @@ def py_spy(pid: int, out: Path | None) -> Iterator[None]:
 
 def benchmark(args: argparse.Namespace, work: Path, database_url: str) -> list[dict[str, float]]:
     admin_token = "bench-admin-" + secrets.token_hex(8)
-    ours_server = coordinator_server(work, database_url, admin_token, args.coordinator_src)
-    bare = bare_server(work)
+    ours_server = coordinator_server(work, database_url, admin_token, args.coordinator_src, args.server_env,
+                                     args.workers)
+    bare = bare_server(work, args.workers)
     model = model_weights()
     bodies = Bodies(model)
     size = len(bodies.make(0, 1)[0])
@@ -529,6 +541,13 @@ def benchmark(args: argparse.Namespace, work: Path, database_url: str) -> list[d
         bare.stop()
 
 
+def env_assignment(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32],
@@ -544,7 +563,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--coordinator-src", type=Path, default=REPO,
                         help="run the coordinator package from this source tree (e.g. an exported older commit), "
                         "to compare versions; default: this checkout")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes of both servers (default 1); CPU is summed over them")
+    parser.add_argument("--server-env", type=env_assignment, action="append", default=[], metavar="KEY=VALUE",
+                        help="set an environment variable for the coordinator subprocess (repeatable), e.g. "
+                        "MFCPL_FSYNC=false as a control (unsafe: for measuring only)")
     args = parser.parse_args(argv)
+    args.server_env = dict(args.server_env)
     if args.quick:
         args.reps = 2
     return args
@@ -567,7 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\ncoordinator on {backend}, fsync on; medians of {args.reps} repetitions; MB = 10^6 bytes")
+    fsync = args.server_env.get("MFCPL_FSYNC", "true")
+    extra = ", ".join(f"{k}={v}" for k, v in args.server_env.items())
+    print(f"\ncoordinator on {backend}, {'server env ' + extra if extra else 'fsync on'} (MFCPL_FSYNC={fsync}); "
+          f"medians of {args.reps} repetitions; MB = 10^6 bytes")
     print_table(rows)
     print(f"\nload average {os.getloadavg()[0]:.1f} at the end; total {time.perf_counter() - began:.0f} s")
     return 0
