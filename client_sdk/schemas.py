@@ -206,9 +206,11 @@ class ClientEnrolled(Client):
 
 
 class ClientProfile(_Model):
-    modalities: list[Identifier] = Field(description="Modalities this client holds (may be empty).")
-    class_counts: list[Annotated[int, Field(ge=0)]] = Field(description="Training samples per class.")
-    num_samples: int = Field(ge=0)
+    modalities: list[Identifier] = Field(max_length=64, description="Modalities this client holds (may be empty).")
+    class_counts: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        max_length=100_000, description="Training samples per class."
+    )
+    num_samples: int = Field(ge=0, le=2**31 - 1)
 
 
 class TaskAction(StrEnum):

@@ -38,6 +38,7 @@ PROTO_CLASSES_PREFIX = "prototype_classes/"
 PROTO_COUNTS_PREFIX = "prototype_counts/"
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_NUM_SAMPLES = 2**31 - 1
 
 _DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"),
@@ -108,7 +109,7 @@ def read_header(buf: bytes | bytearray | memoryview) -> Header:
         raise TensorFormatError("malformed_tensors", f"header length {n} does not fit a body of {len(view)} bytes")
     try:
         raw = json.loads(bytes(view[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise TensorFormatError("malformed_tensors", f"header is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise TensorFormatError("malformed_tensors", "header must be a JSON object")
@@ -124,11 +125,13 @@ def read_header(buf: bytes | bytearray | memoryview) -> Header:
     for name, entry in raw.items():
         try:
             code = entry["dtype"]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
+            shape = tuple(entry["shape"])
+            begin, end = entry["data_offsets"]
         except (KeyError, TypeError, ValueError) as exc:
             raise TensorFormatError("malformed_tensors", f"tensor {name!r}: bad header entry") from exc
-        if code not in _DTYPES:
+        if not all(type(x) is int for x in (*shape, begin, end)):  # no floats, bools or strings
+            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: shape and offsets must be integers")
+        if not isinstance(code, str) or code not in _DTYPES:
             raise TensorFormatError("dtype_mismatch", f"tensor {name!r}: unsupported dtype {code!r}")
         if any(s < 0 for s in shape):
             raise TensorFormatError("malformed_tensors", f"tensor {name!r}: negative dimension")
@@ -226,10 +229,12 @@ def parse_update_metadata(metadata: Mapping[str, str]) -> tuple[int, int, dict[s
         num_samples = int(metadata["num_samples"])
         base = int(metadata["base_model_version"])
         metrics = json.loads(metadata.get("metrics", "{}"))
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, RecursionError) as exc:
         raise TensorFormatError("malformed_tensors", f"bad update metadata: {exc}") from exc
-    if num_samples < 1:
-        raise TensorFormatError("malformed_tensors", "num_samples must be a positive integer")
+    if not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise TensorFormatError("malformed_tensors", f"num_samples must be an integer in [1, {MAX_NUM_SAMPLES}]")
+    if not -1 <= base <= MAX_NUM_SAMPLES:
+        raise TensorFormatError("malformed_tensors", "base_model_version is out of range")
     if not isinstance(metrics, dict) or not all(
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()
     ):

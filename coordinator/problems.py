@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -120,6 +121,14 @@ def install_problem_handlers(app: FastAPI) -> None:
             detail = f"no resource at {request.url.path}"
         return problem_response(exc.status_code, code, detail, instance=request.url.path,
                                 headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OverflowError)
+    @app.exception_handler(DataError)
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A number the database cannot hold (e.g. round 99999999999999999999 in a URL): the client's mistake.
+        log.info("value out of range on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(422, ErrorCode.VALIDATION_ERROR, "a number in the request is out of range",
+                                instance=request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
