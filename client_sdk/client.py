@@ -270,11 +270,13 @@ class MfcplClient:
         idempotency_key: str | None = None,
         timeout: httpx.Timeout | None = None,
         stream: bool = False,
+        retry_unsent_only: bool = False,
     ) -> httpx.Response:
         """Send one logical request with retries; return the final 2xx/3xx response or raise a typed error.
 
         ``path`` is relative to the server root (``/v1/...`` or ``/health``). With ``stream=True`` the
-        caller must close the returned response.
+        caller must close the returned response. ``retry_unsent_only`` is for requests the server does not
+        deduplicate: they are retried only when they cannot have been processed (no connection, or 429).
         """
         all_headers = dict(headers or {})
         if idempotency_key is not None:
@@ -291,7 +293,8 @@ class MfcplClient:
             try:
                 response = self._http.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if not _is_retryable_transport_error(exc):
+                unsent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout)
+                if not _is_retryable_transport_error(exc) or (retry_unsent_only and not unsent):
                     raise APIConnectionError(f"{method} {path}: {exc!r}", request=request) from exc
                 if attempt >= self.max_retries:
                     kind = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
@@ -305,7 +308,9 @@ class MfcplClient:
                 if stream:
                     response.read()
                 response.close()
-                if response.status_code not in RETRYABLE_STATUSES or attempt >= self.max_retries:
+                retryable = response.status_code == 429 if retry_unsent_only else (
+                    response.status_code in RETRYABLE_STATUSES)
+                if not retryable or attempt >= self.max_retries:
                     raise error_from_response(response)
                 retry_after = response.headers.get("Retry-After")
                 reason = f"HTTP {response.status_code}"
@@ -326,10 +331,15 @@ class MfcplClient:
         except PydanticValidationError as exc:
             raise InvalidResponseError(f"GET {path}: response is not a list of {model.__name__}: {exc}") from exc
 
-    def _create(self, path: str, model: type[M], *, idempotency_key: str | None, **kwargs: Any) -> M:
-        """POST that creates: one Idempotency-Key for the whole logical call, reused by every retry."""
+    def _create(self, path: str, model: type[M], *, idempotency_key: str | None, replay_safe: bool = False,
+                **kwargs: Any) -> M:
+        """POST that creates: one Idempotency-Key for the whole logical call, reused by every retry.
+
+        Only updates are deduplicated by the coordinator (``replay_safe``); other creates are retried only
+        when the request cannot have reached it, so a lost answer never creates a second resource.
+        """
         key = idempotency_key or str(uuid.uuid4())
-        return self._json("POST", path, model, idempotency_key=key, **kwargs)
+        return self._json("POST", path, model, idempotency_key=key, retry_unsent_only=not replay_safe, **kwargs)
 
     def download_blob(self, path: str, *, expected_sha256: str | None = None) -> bytes:
         """GET a content-addressed tensor body with ``If-None-Match``; 304 reuses the cached bytes.
@@ -536,6 +546,7 @@ class Updates(_Resource):
             content=bytes(content),
             headers={"Content-Type": SAFETENSORS_CONTENT_TYPE},
             idempotency_key=idempotency_key,
+            replay_safe=True,
         )
 
     def list(self, fid: str, round_number: int) -> list[UpdateReceipt]:

@@ -32,20 +32,38 @@ def _fail_then(server: ScriptedServer, method: str, path: str, failures: list, s
         return remaining.pop(0)() if remaining else success(seen)
 
 
-def test_create_retries_5xx_and_reuses_one_idempotency_key(scripted: ScriptedServer) -> None:
-    _fail_then(scripted, "POST", "/v1/federations",
+def test_update_submit_retries_5xx_and_reuses_one_idempotency_key(scripted: ScriptedServer) -> None:
+    path = "/v1/federations/fed1/rounds/2/updates"
+    _fail_then(scripted, "POST", path,
                [lambda: problem(503, "internal_error"), lambda: problem(500, "internal_error")],
-               lambda seen: json_response(federation(), 201))
-    with MfcplClient(scripted.url, "admin", **FAST) as client:
-        fed = client.federations.create(_config())
-        fed_again = client.federations.create(_config())
-    assert fed.id == "fed1" and fed_again.id == "fed1"
-    calls = scripted.calls("POST", "/v1/federations")
+               lambda seen: json_response(receipt("fed1", 2, False), 201))
+    with MfcplClient(scripted.url, "node", **FAST) as client:
+        first = client.updates.submit("fed1", 2, _update())
+        again = client.updates.submit("fed1", 2, _update())
+    assert first.round == 2 and again.round == 2
+    calls = scripted.calls("POST", path)
     assert len(calls) == 4
     keys = [c.headers.get("idempotency-key") for c in calls]
     assert keys[0] and keys[0] == keys[1] == keys[2]  # one logical call, three tries
     assert keys[3] and keys[3] != keys[0]  # a new logical call gets a new key
-    assert all(c.headers["authorization"] == "Bearer admin" for c in calls)
+    assert all(c.headers["authorization"] == "Bearer node" for c in calls)
+
+
+def test_creates_the_server_does_not_deduplicate_are_not_retried_after_5xx(scripted: ScriptedServer) -> None:
+    # A 5xx may come after the federation was stored: retrying could create a second one.
+    _fail_then(scripted, "POST", "/v1/federations", [lambda: problem(503, "internal_error")],
+               lambda seen: json_response(federation(), 201))
+    with MfcplClient(scripted.url, "admin", **FAST) as client:
+        with pytest.raises(ServerError):
+            client.federations.create(_config())
+        assert len(scripted.calls("POST", "/v1/federations")) == 1
+        # 429 means "not processed": that one is retried, with the same key.
+        _fail_then(scripted, "POST", "/v1/federations", [lambda: problem(429, "bad_request")],
+                   lambda seen: json_response(federation(), 201))
+        assert client.federations.create(_config()).id == "fed1"
+    calls = scripted.calls("POST", "/v1/federations")
+    assert len(calls) == 3
+    assert calls[1].headers["idempotency-key"] == calls[2].headers["idempotency-key"]
 
 
 def test_reads_carry_no_idempotency_key_and_retry_408_429(scripted: ScriptedServer) -> None:
