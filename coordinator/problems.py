@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -128,6 +128,18 @@ def install_problem_handlers(app: FastAPI) -> None:
         # A number the database cannot hold (e.g. round 99999999999999999999 in a URL): the client's mistake.
         log.info("value out of range on %s %s: %s", request.method, request.url.path, exc)
         return problem_response(422, ErrorCode.VALIDATION_ERROR, "a number in the request is out of range",
+                                instance=request.url.path)
+
+    @app.exception_handler(OperationalError)
+    async def _busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # Lock or statement timeouts (Postgres 55P03 / 57014) and SQLite's "database is locked": try again.
+        state = getattr(exc.orig, "sqlstate", None)
+        if state in ("55P03", "57014") or "database is locked" in str(exc.orig):
+            log.warning("database busy on %s %s: %s", request.method, request.url.path, exc.orig)
+            return problem_response(503, ErrorCode.INTERNAL, "the database is busy; retry shortly",
+                                    instance=request.url.path, headers={"Retry-After": "1"})
+        log.exception("database error on %s %s", request.method, request.url.path)
+        return problem_response(500, ErrorCode.INTERNAL, "internal error; see the coordinator log",
                                 instance=request.url.path)
 
     @app.exception_handler(Exception)

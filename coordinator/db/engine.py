@@ -20,6 +20,10 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+POSTGRES_LOCK_TIMEOUT_MS = 30_000
+POSTGRES_STATEMENT_TIMEOUT_MS = 300_000
+
+
 def make_engine(url: str, *, fsync: bool = True) -> Engine:
     if is_sqlite(url):
         database = make_url(url).database
@@ -29,7 +33,9 @@ def make_engine(url: str, *, fsync: bool = True) -> Engine:
                                max_overflow=20)
         _configure_sqlite(engine, fsync=fsync)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True)
+    # Never wait forever (contract 6): a stuck lock or statement fails the request (503) instead of hanging.
+    options = f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS} -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}"
+    return create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, connect_args={"options": options})
 
 
 def _configure_sqlite(engine: Engine, *, fsync: bool) -> None:

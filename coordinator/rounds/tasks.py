@@ -38,9 +38,13 @@ def next_task(services: Services, fid: str, client_id: str) -> Task:
             return Task(action=TaskAction.WAIT, federation_id=fid, retry_after_s=tick, reason=reason)
         remaining = (open_round.deadline - now).total_seconds()
         retry = max(MIN_RETRY_S, min(tick, remaining))
-        if client_id not in open_round.participants or remaining <= 0:
-            return Task(action=TaskAction.WAIT, federation_id=fid, round=open_round.number, retry_after_s=retry,
-                        reason="not sampled for this round")
+        if client_id not in open_round.participants:
+            # Nothing to do until the next round opens: one tick, not the deadline-driven short retry.
+            return Task(action=TaskAction.WAIT, federation_id=fid, round=open_round.number,
+                        retry_after_s=max(MIN_RETRY_S, tick), reason="not sampled for this round")
+        if remaining <= 0:
+            return Task(action=TaskAction.WAIT, federation_id=fid, round=open_round.number,
+                        retry_after_s=max(MIN_RETRY_S, tick), reason="the round's deadline has passed")
         reported = session.scalar(select(UpdateRow.id).where(UpdateRow.federation_id == fid,
                                                              UpdateRow.round == open_round.number,
                                                              UpdateRow.client_id == client_id))
