@@ -20,9 +20,11 @@ the final guarded UPDATE loses to a concurrent close).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +35,7 @@ from sqlalchemy.orm import Session
 from client_sdk.schemas import ErrorCode, EventType, RoundState, UpdateReceipt
 from coordinator.blobs import BlobUpload, Buffer
 from coordinator.core import Services
+from coordinator.db.engine import Database
 from coordinator.events.service import emit
 from coordinator.federations import service as federations
 from coordinator.federations.orm import FederationRow
@@ -253,6 +256,98 @@ def _validate(services: Services, admission: Admission, body: Buffer) -> Validat
 
 # ---------------------------------------------------------------------------------------------- ingestion
 
+@dataclass(eq=False)
+class _Turn:
+    """One ingest's write transaction, waiting for (or leading) a group commit."""
+
+    work: Callable[[Session], Any]
+    wake: threading.Event = field(default_factory=threading.Event)
+    finished: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """SQLite: the write transactions of concurrent ingests, committed together.
+
+    SQLite admits one writer and holds its lock across the commit's WAL fsync, so concurrent ingests would
+    queue for one commit (and one fsync) each, and a waiter polls SQLite's busy handler (sleeps of 1, 2, 5,
+    10, ... ms). Here they queue on a lock of this process instead: the first one leads and commits every
+    transaction queued meanwhile (up to ``limit``) in one ``BEGIN IMMEDIATE`` ... ``COMMIT``, each in its own
+    SAVEPOINT, so one that fails (a conflict, a closed round) is rolled back alone. Nobody is answered before
+    the commit that holds its row is durable; if that commit fails, every member of the group gets the error.
+    """
+
+    def __init__(self, database: Database, limit: int = 32) -> None:
+        self.database = database
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._queue: list[_Turn] = []
+        self._busy = False  # a leader is committing; while the queue is not empty, this is True
+
+    def run(self, work: Callable[[Session], Any]) -> Any:
+        turn = _Turn(work)
+        with self._lock:
+            self._queue.append(turn)
+            lead = not self._busy
+            self._busy = True
+        if not lead:
+            turn.wake.wait()  # woken when done, or to lead the next group (then first in the queue)
+        if not turn.finished:
+            self._lead()
+        if turn.error is not None:
+            raise turn.error
+        return turn.result
+
+    def _lead(self) -> None:
+        with self._lock:
+            group, self._queue = self._queue[:self.limit], self._queue[self.limit:]
+        try:
+            self._commit(group)
+        finally:
+            with self._lock:
+                successor = self._queue[0] if self._queue else None
+                if successor is None:
+                    self._busy = False
+            for turn in group:
+                turn.finished = True
+                turn.wake.set()
+            if successor is not None:
+                successor.wake.set()
+
+    def _commit(self, group: list[_Turn]) -> None:
+        try:
+            with self.database.write() as session:
+                for turn in group:
+                    try:
+                        with session.begin_nested():
+                            turn.result = turn.work(session)
+                            session.flush()
+                    except Exception as exc:  # this one alone is rolled back; the caller gets its error
+                        turn.error = exc
+        except BaseException as exc:
+            for turn in group:
+                if turn.error is None:
+                    turn.error, turn.result = exc, None
+            if not isinstance(exc, Exception):
+                raise
+
+
+_GROUPS: weakref.WeakKeyDictionary[Database, _GroupCommit] = weakref.WeakKeyDictionary()
+_GROUPS_GUARD = threading.Lock()
+
+
+def _write_transaction(database: Database, work: Callable[[Session], Any]) -> Any:
+    """Run ``work`` in a committed write transaction: grouped with concurrent ingests on SQLite."""
+    if database.dialect != "sqlite":
+        with database.write() as session:
+            return work(session)
+    with _GROUPS_GUARD:
+        group = _GROUPS.get(database)
+        if group is None:
+            group = _GROUPS[database] = _GroupCommit(database)
+    return group.run(work)
+
 
 def _answer_reported(services: Services, admission: Admission, sha256: str,
                      idempotency_key: str | None) -> IngestResult | None:
@@ -279,25 +374,28 @@ def ingest_upload(services: Services, admission: Admission, upload: BlobUpload,
     checked = _validate(services, admission, upload.view())
     upload.commit()
     now = utcnow()
+    row = {"id": new_id("upd"), "federation_id": fid, "round": number, "client_id": client_id,
+           "num_samples": checked.num_samples, "sha256": sha256, "size_bytes": size, "metrics": checked.metrics,
+           "prototype_dims": checked.prototype_dims, "idempotency_key": idempotency_key, "received_at": now}
+
+    def record(session: Session) -> int:
+        received = session.execute(
+            update(RoundRow)
+            .where(RoundRow.federation_id == fid, RoundRow.number == number, RoundRow.state == RoundState.OPEN,
+                   RoundRow.deadline > now)
+            .values(received=RoundRow.received + 1)
+            .returning(RoundRow.received)
+        ).scalar_one_or_none()
+        if received is None:
+            raise _RoundClosedError
+        session.execute(insert(UpdateRow).values(**row))
+        emit(session, fid, EventType.UPDATE_RECEIVED, number,
+             {"client_id": client_id, "num_samples": checked.num_samples, "received": received,
+              "participants": facts.count})
+        return int(received)
+
     try:
-        with services.db.write() as session:
-            received = session.execute(
-                update(RoundRow)
-                .where(RoundRow.federation_id == fid, RoundRow.number == number, RoundRow.state == RoundState.OPEN,
-                       RoundRow.deadline > now)
-                .values(received=RoundRow.received + 1)
-                .returning(RoundRow.received)
-            ).scalar_one_or_none()
-            if received is None:
-                raise _RoundClosedError
-            row = {"id": new_id("upd"), "federation_id": fid, "round": number, "client_id": client_id,
-                   "num_samples": checked.num_samples, "sha256": sha256, "size_bytes": size,
-                   "metrics": checked.metrics, "prototype_dims": checked.prototype_dims,
-                   "idempotency_key": idempotency_key, "received_at": now}
-            session.execute(insert(UpdateRow).values(**row))
-            emit(session, fid, EventType.UPDATE_RECEIVED, number,
-                 {"client_id": client_id, "num_samples": checked.num_samples, "received": received,
-                  "participants": facts.count})
+        received = _write_transaction(services.db, record)
     except (IntegrityError, _RoundClosedError):
         # A concurrent request won (the insert, or the last place before the round closed): answer as its
         # replay, or refuse.
