@@ -12,7 +12,8 @@ The path of one update (``admit`` then ``ingest_upload``):
    cached per process), then the blob is made durable, then one write transaction: the guarded
    ``received + 1`` on the open round, the row insert, the event. The unique key (federation, round, client)
    and (client, Idempotency-Key) decide a race between identical requests: the loser is answered as the
-   winner's replay. The 201 goes out only after both commits (contract 4).
+   winner's replay. On SQLite the write transactions of concurrent ingests are committed as a group (one
+   commit, a SAVEPOINT each; see ``_GroupCommit``). The 201 goes out only after both commits (contract 4).
 
 A refusal changes nothing: no row, and the temporary file is removed (a blob is left unreferenced only when
 the final guarded UPDATE loses to a concurrent close).
