@@ -300,3 +300,32 @@ def test_bad_prototypes_are_refused(local: dict, previous: dict | None, message:
 def test_unknown_weighting_is_refused() -> None:
     with pytest.raises(ValueError, match="weighting"):
         aggregate_prototypes(CLIENTS, 4, None, weighting="median")
+
+
+def test_aggregate_round_matches_its_parts_and_keeps_dtypes() -> None:
+    from client_sdk.schemas import FederationCreate, ModalitySpec
+    from coordinator.aggregation import aggregate_round
+
+    rng = np.random.default_rng(3)
+    model = {"w": rng.standard_normal((4, 3)).astype(np.float32), "n": np.array([2], dtype=np.int64)}
+    bodies = []
+    for k, n in enumerate((10, 30)):
+        weights = {"w": rng.standard_normal((4, 3)).astype(np.float32), "n": np.array([k], dtype=np.int64)}
+        protos = {"shared": LocalPrototypes(np.array([k]), np.full((1, 2), float(k), np.float32),
+                                            np.array([n], np.float32))}
+        bodies.append((encode_update(Update(weights, n, 0, protos)), float(n)))
+    base = {"name": "r", "num_classes": 3, "modalities": [ModalitySpec(name="a", kind="vector", shape=[3])]}
+    dtypes = {k: v.dtype for k, v in model.items()}
+
+    fedavg = aggregate_round(FederationCreate(**base, algorithm="fedavg"), bodies, dtypes)
+    expected = weighted_average(bodies)
+    assert np.array_equal(fedavg.weights["w"], expected["w"]) and fedavg.weights["n"].dtype == np.int64
+    assert fedavg.momentum is None
+    assert fedavg.prototypes is not None and fedavg.prototypes["shared"].counts.tolist() == [10.0, 30.0, 0.0]
+
+    config = FederationCreate(**base, algorithm="fedopt")
+    with pytest.raises(ValueError, match="fedopt needs"):
+        aggregate_round(config, bodies, dtypes)
+    fedopt = aggregate_round(config, bodies, dtypes, global_weights=model)
+    new, momentum = fedopt_step(model, expected, None, config.training.server_lr, config.training.server_momentum)
+    assert np.allclose(fedopt.weights["w"], new["w"]) and fedopt.momentum is not None

@@ -324,7 +324,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
     import torch
 
     from client_sdk.tensors import decode_update, encode_prototypes
-    from coordinator.aggregation import aggregate_prototypes, fedopt_step, weighted_average
+    from coordinator.aggregation import aggregate_round
     from coordinator.rounds.sampling import client_seed, round_seed, sample_participants
 
     torch.set_num_threads(1)
@@ -363,17 +363,13 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
             results = sorted(job.get() for job in jobs)
             t_agg = time.perf_counter()
             sources = [(body, float(decode_update(body).num_samples)) for _, body, _ in results]
-            averaged = weighted_average(sources, prefix="weights/")
-            if config.algorithm == "fedopt":
-                averaged, momentum = fedopt_step(weights, averaged, momentum, config.training.server_lr,
-                                                 config.training.server_momentum)
-            weights = {k: np.asarray(averaged[k]).astype(weights[k].dtype, copy=False) for k in weights}
+            aggregate = aggregate_round(config, sources, {k: v.dtype for k, v in weights.items()},
+                                        global_weights=weights, momentum=momentum, previous=tables)
+            weights, momentum = aggregate.weights, aggregate.momentum
             model_bytes = encode_model(weights)
-            local_sets = [u.prototypes for u in (decode_update(b) for _, b, _ in results) if u.prototypes]
-            if local_sets or tables:
-                tables = aggregate_prototypes(local_sets, config.num_classes, tables,
-                                              weighting=config.training.prototype_weighting) or tables
-                prototype_bytes = encode_prototypes(tables, number) if tables else None
+            if aggregate.prototypes:  # as the coordinator: versioned with the model this round produced
+                tables = aggregate.prototypes
+                prototype_bytes = encode_prototypes(tables, number)
             agg_s = time.perf_counter() - t_agg
             entry: dict[str, Any] = {
                 "round": number, "state": "closed", "participants": len(chosen), "received": len(results),

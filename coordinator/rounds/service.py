@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import numpy as np
 from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,17 +27,15 @@ from sqlalchemy.orm import Session
 from client_sdk.schemas import Algorithm, EventType, FederationCreate, FederationStatus, RoundState
 from client_sdk.schemas import Round as RoundSchema
 from client_sdk.tensors import (
-    LocalPrototypes,
     decode,
     decode_prototypes,
-    decode_update,
     encode,
     encode_model,
     encode_prototypes,
     numpy_dtype,
     read_header,
 )
-from coordinator.aggregation import aggregate_prototypes, fedopt_step, weighted_average
+from coordinator.aggregation import aggregate_round
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services
 from coordinator.events.service import emit
@@ -200,43 +197,25 @@ def _aggregate(services: Services, config: FederationCreate, input_model: ModelV
                previous_prototypes: PrototypeSetRow | None, updates: Sequence[UpdateRow]) -> _Aggregate:
     started = time.perf_counter()
     blobs = services.blobs
+    specs = input_model.tensor_specs
+    global_weights = momentum = None
+    if config.algorithm == Algorithm.FEDOPT:
+        global_weights = decode(blobs.get(input_model.sha256))[0]
+        momentum = decode(blobs.get(input_model.momentum_sha256))[0] if input_model.momentum_sha256 else None
+    previous = decode_prototypes(blobs.get(previous_prototypes.sha256)) if previous_prototypes else None
     # Each update blob is an mmap for the duration of the fold (the db store spills it to a temporary file
-    # first), so process memory stays O(model size) whatever the number of updates. Prototypes are copied
-    # out (they are small) so that no view outlives the maps.
-    local_sets: list[dict[str, LocalPrototypes]] = []
+    # first), so process memory stays O(model size) whatever the number of updates.
     with ExitStack() as opened:
         sources = [(opened.enter_context(blobs.open(u.sha256)), float(u.num_samples)) for u in updates]
-        averaged = weighted_average(sources, prefix="weights/")
-        for buf, _ in sources:
-            prototypes = {level: LocalPrototypes(classes=p.classes.copy(), vectors=p.vectors.copy(),
-                                                 counts=p.counts.copy())
-                          for level, p in decode_update(buf).prototypes.items()}
-            if prototypes:
-                local_sets.append(prototypes)
+        result = aggregate_round(config, sources, {name: numpy_dtype(spec[0]) for name, spec in specs.items()},
+                                 global_weights=global_weights, momentum=momentum, previous=previous)
         del sources
-    specs = input_model.tensor_specs
-    momentum_bytes = None
-    if config.algorithm == Algorithm.FEDOPT:
-        global_weights, _ = decode(blobs.get(input_model.sha256))
-        momentum = decode(blobs.get(input_model.momentum_sha256))[0] if input_model.momentum_sha256 else None
-        new_weights, new_momentum = fedopt_step(global_weights, averaged, momentum, config.training.server_lr,
-                                                config.training.server_momentum)
-        momentum_bytes = encode(new_momentum, {"format": MOMENTUM_FORMAT})
-    else:
-        new_weights = averaged
-    # Keep every tensor in the input model's dtype so the next round validates against the same specs.
-    new_weights = {name: np.asarray(new_weights[name]).astype(numpy_dtype(specs[name][0]), copy=False)
-                   for name in specs}
-    model_bytes = encode_model(new_weights)
-
-    previous = decode_prototypes(blobs.get(previous_prototypes.sha256)) if previous_prototypes else None
+    model_bytes = encode_model(result.weights)
+    momentum_bytes = encode(result.momentum, {"format": MOMENTUM_FORMAT}) if result.momentum is not None else None
     prototype_bytes = levels = None
-    if local_sets or previous:
-        tables = aggregate_prototypes(local_sets, config.num_classes, previous,
-                                      weighting=config.training.prototype_weighting)
-        if tables:
-            prototype_bytes = encode_prototypes(tables, input_model.version + 1)
-            levels = prototype_levels_summary(tables)
+    if result.prototypes:
+        prototype_bytes = encode_prototypes(result.prototypes, input_model.version + 1)
+        levels = prototype_levels_summary(result.prototypes)
     train = weighted_metrics([(u.metrics, float(u.num_samples)) for u in updates])
     return _Aggregate(model_bytes, momentum_bytes, prototype_bytes, levels, train, time.perf_counter() - started)
 
