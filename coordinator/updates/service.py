@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from client_sdk.schemas import ErrorCode, EventType, RoundState, UpdateReceipt
 from coordinator.blobs import BlobUpload, Buffer
+from coordinator.clients.service import renew_lease
 from coordinator.core import Services
 from coordinator.db.engine import Database
 from coordinator.events.service import emit
@@ -390,6 +391,9 @@ def ingest_upload(services: Services, admission: Admission, upload: BlobUpload,
         if received is None:
             raise _RoundClosedError
         session.execute(insert(UpdateRow).values(**row))
+        # Posting an update is a sign of life too: a participant that trained longer than lease_s stays live
+        # for the next round's sampling.
+        renew_lease(session, federations.config_of(services, session, fid), client_id, now)
         emit(session, fid, EventType.UPDATE_RECEIVED, number,
              {"client_id": client_id, "num_samples": checked.num_samples, "received": received,
               "participants": facts.count})
