@@ -32,7 +32,7 @@ from client_sdk.errors import (
     ServerError,
 )
 from client_sdk.schemas import ClientProfile, FederationCreate, Task, TaskAction, UpdateReceipt
-from client_sdk.tensors import Update
+from client_sdk.tensors import PrototypeTable, Update
 
 log = logging.getLogger("mfcpl.node")
 
@@ -63,6 +63,18 @@ class LocalModel:
         load_numpy_weights(self.model, weights)
         self.loaded = (version, sha256)
 
+    def train_update(self, data: MultimodalArrays, config: FederationCreate, global_weights: dict[str, np.ndarray],
+                     prototypes: dict[str, PrototypeTable] | None, seed: int, base_model_version: int,
+                     extra_metrics: dict[str, float] | None = None) -> Update:
+        """Local training from the loaded global weights, packed as the update to post."""
+        from client_sdk.trainer import train_local
+
+        result = train_local(self.model, data, config, prototypes, seed=seed, global_weights=global_weights,
+                             threads=self.threads)
+        self.loaded = None  # the model now holds local weights
+        return Update(weights=result.weights, num_samples=result.num_samples, base_model_version=base_model_version,
+                      prototypes=result.prototypes, metrics={**result.metrics, **(extra_metrics or {})})
+
 
 def perform_task(
     client: MfcplClient, fid: str, task: Task, data: MultimodalArrays, local: LocalModel,
@@ -74,7 +86,7 @@ def perform_task(
     metrics also carry ``local_eval_accuracy``, ``local_eval_macro_f1`` and ``local_eval_loss`` (averaged
     over the round's clients by the coordinator, like the training metrics).
     """
-    from client_sdk.trainer import evaluate, train_local
+    from client_sdk.trainer import evaluate
 
     assert task.action == TaskAction.TRAIN and task.round is not None and task.model_version is not None
     t0 = time.perf_counter()
@@ -92,21 +104,11 @@ def perform_task(
         scores = evaluate(local.model, data, config.num_classes, threads=local.threads)
         local_eval = {f"local_eval_{k}": v for k, v in scores.items() if k in ("accuracy", "macro_f1", "loss")}
     t1 = time.perf_counter()
-    result = train_local(
-        local.model, data, config, prototypes, seed=int(task.seed or 0), global_weights=download.weights,
-        threads=local.threads,
-    )
+    update = local.train_update(data, config, download.weights, prototypes, int(task.seed or 0), task.model_version,
+                                local_eval)
     t2 = time.perf_counter()
-    update = Update(
-        weights=result.weights,
-        num_samples=result.num_samples,
-        base_model_version=task.model_version,
-        prototypes=result.prototypes,
-        metrics={**result.metrics, **local_eval},
-    )
     receipt = client.updates.submit(fid, task.round, update)
     t3 = time.perf_counter()
-    local.loaded = None  # the model now holds local weights
     seconds = {"download": t_downloaded - t0, "evaluate": t1 - t_downloaded, "train": t2 - t1, "upload": t3 - t2}
     return TaskOutcome(receipt, update.metrics, seconds)
 

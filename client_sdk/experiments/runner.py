@@ -215,34 +215,46 @@ def run_experiment(
     return result
 
 
-def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: float = 600.0
-                         ) -> tuple[int, list[str]] | None:
-    """The next open round after ``after`` as (number, participant ids), or None when the federation ended."""
+def _poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``check()`` until it returns something other than None (backing off from 5 ms to 200 ms)."""
     deadline = time.monotonic() + timeout_s
     delay = 0.005
     while time.monotonic() < deadline:
+        found = check()
+        if found is not None:
+            return found
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise TimeoutError(f"{what} within {timeout_s}s")
+
+
+_ENDED = ("ended",)
+
+
+def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: float = 600.0
+                         ) -> tuple[int, list[str]] | None:
+    """The next open round after ``after`` as (number, participant ids), or None when the federation ended."""
+
+    def check() -> tuple[Any, ...] | None:
         fed = admin.federations.get(fid)
         if fed.status in (FederationStatus.COMPLETED, FederationStatus.CANCELLED):
-            return None
+            return _ENDED
         if fed.current_round is not None and fed.current_round > after:
             rnd = admin.rounds.get(fid, fed.current_round)
             if rnd.state == RoundState.OPEN:
                 return rnd.number, list(rnd.participants)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    raise TimeoutError(f"no round opened after round {after} within {timeout_s}s")
+        return None
+
+    found = _poll(check, timeout_s, f"no round opened after round {after}")
+    return None if found is _ENDED else found
 
 
 def _wait_closed(admin: MfcplClient, fid: str, number: int, timeout_s: float = 600.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    delay = 0.005
-    while time.monotonic() < deadline:
+    def check() -> Any:
         rnd = admin.rounds.get(fid, number)
-        if rnd.state in (RoundState.CLOSED, RoundState.FAILED):
-            return rnd
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    raise TimeoutError(f"round {number} did not close within {timeout_s}s")
+        return rnd if rnd.state in (RoundState.CLOSED, RoundState.FAILED) else None
+
+    return _poll(check, timeout_s, f"round {number} did not close")
 
 
 def _evaluate_and_record(admin: MfcplClient, fid: str, evaluator: _Evaluator, pending: tuple[int, int],
@@ -301,21 +313,15 @@ def _progress_line(entry: dict[str, Any], rounds: int) -> str:
 
 def _worker_train_local(name: str, seed: int, model_version: int, model_bytes: bytes,
                         prototype_bytes: bytes | None) -> tuple[str, bytes, dict[str, float]]:
-    from client_sdk.tensors import Update, decode_prototypes, encode_update
-    from client_sdk.torch_io import load_numpy_weights
-    from client_sdk.trainer import train_local
+    from client_sdk.tensors import decode_prototypes, encode_update
 
     local = _W["local"]
     weights = decode_model(model_bytes)
-    load_numpy_weights(local.model, weights)
+    local.load(model_version, "", weights)
     prototypes = decode_prototypes(prototype_bytes) if prototype_bytes is not None else None
     t0 = time.perf_counter()
-    result = train_local(local.model, _W["shards"][name], local.config, prototypes, seed=seed,
-                         global_weights=weights, threads=1)
-    train_s = time.perf_counter() - t0
-    update = Update(weights=result.weights, num_samples=result.num_samples, base_model_version=model_version,
-                    prototypes=result.prototypes, metrics=result.metrics)
-    return name, encode_update(update), {"train": train_s}
+    update = local.train_update(_W["shards"][name], local.config, weights, prototypes, seed, model_version)
+    return name, encode_update(update), {"train": time.perf_counter() - t0}
 
 
 def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, workers: int = 2, device: str = "cpu",
