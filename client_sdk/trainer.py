@@ -39,6 +39,9 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+PROTOTYPE_SOURCES = ("complete", "all")
+
+
 @dataclass(frozen=True)
 class TrainerOptions:
     """The trainer's settings from ``TrainingConfig.options`` (validated), with their defaults."""
@@ -46,13 +49,18 @@ class TrainerOptions:
     prototype_space: str = "normalized"
     lambda_proto_ce: float = 0.1  # weight of the cosine-head CE on s (``normalized`` space only)
     pmcmfl_lambda: float = 1.0  # weight of PmcmFL's prototype contrast
+    prototype_source: str = "complete"  # MFCPL's shared prototypes from complete samples (paper) or from all
 
     @classmethod
     def from_config(cls, training: TrainingConfig) -> TrainerOptions:
+        source = training.options.get("prototype_source", "complete")
+        if source not in PROTOTYPE_SOURCES:
+            raise ValueError(f"options.prototype_source must be one of {', '.join(PROTOTYPE_SOURCES)}; got {source!r}")
         return cls(
             prototype_space=prototype_space_of(training),
             lambda_proto_ce=float_option(training, "lambda_proto_ce", 0.1),
             pmcmfl_lambda=float_option(training, "pmcmfl_lambda", 1.0),
+            prototype_source=str(source),
         )
 
 
@@ -145,11 +153,16 @@ def batch_losses(
 
 
 def prototypes_after_training(
-    model: MultimodalModel, data: MultimodalArrays, algorithm: Algorithm
+    model: MultimodalModel, data: MultimodalArrays, algorithm: Algorithm, options: TrainerOptions | None = None
 ) -> dict[str, LocalPrototypes]:
-    """The local prototypes ``algorithm`` sends with its update (none for fedavg, fedprox, fedopt)."""
+    """The local prototypes ``algorithm`` sends with its update (none for fedavg, fedprox, fedopt).
+
+    MFCPL's shared level comes from the complete samples (the paper's complete prototypes) unless
+    ``options.prototype_source`` is ``all``: then every sample with any modality contributes its s.
+    """
     if algorithm == Algorithm.MFCPL:
-        return local_prototypes(model, data)
+        source = "all" if options is not None and options.prototype_source == "all" else "complete"
+        return local_prototypes(model, data, shared_from=source)
     if algorithm == Algorithm.FEDPROTO:
         return local_prototypes(model, data, ["shared"], shared_feature="penultimate", shared_from="all")
     if algorithm == Algorithm.PMCMFL:
@@ -227,7 +240,7 @@ def train_local(
                 running.add(terms, len(index))
                 correct += int((logits.argmax(dim=1) == labels).sum())
         train_seconds = time.perf_counter() - started
-        prototypes = prototypes_after_training(model, data, algorithm)
+        prototypes = prototypes_after_training(model, data, algorithm, options)
     metrics = running.means("train_")
     metrics["train_accuracy"] = correct / max(running.weight, 1)
     metrics["train_seconds"] = train_seconds

@@ -331,6 +331,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
 
     from client_sdk.tensors import decode_update, encode_prototypes
     from coordinator.aggregation import aggregate_round
+    from coordinator.aggregation.round import weighted_metrics
     from coordinator.rounds.sampling import client_seed, round_seed, sample_participants
 
     torch.set_num_threads(1)
@@ -368,7 +369,9 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
                 pending = None
             results = sorted(job.get() for job in jobs)
             t_agg = time.perf_counter()
-            sources = [(body, float(decode_update(body).num_samples)) for _, body, _ in results]
+            updates = [decode_update(body) for _, body, _ in results]
+            sources = [(body, float(u.num_samples)) for (_, body, _), u in zip(results, updates, strict=True)]
+            train_metrics = weighted_metrics([(u.metrics, float(u.num_samples)) for u in updates])
             aggregate = aggregate_round(config, sources, {k: v.dtype for k, v in weights.items()},
                                         global_weights=weights, momentum=momentum, previous=tables)
             weights, momentum = aggregate.weights, aggregate.momentum
@@ -383,6 +386,8 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
                 "elapsed_seconds": time.perf_counter() - started,
                 "client_train_seconds": float(sum(r[2]["train"] for r in results)),
                 "aggregation_seconds": agg_s,
+                **{k if k.startswith("train_") else f"train_{k}": v for k, v in train_metrics.items()},
+                **_prototype_diagnostics(tables),
             }
             history.append(entry)
             if number % cfg.eval_every == 0 or number == cfg.rounds:
@@ -395,6 +400,20 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
                                missing=summary.to_dict(), trainable_clients=len(trainable), device=device)
     result.write(out)
     return result
+
+
+def _prototype_diagnostics(tables: dict[str, Any] | None) -> dict[str, float]:
+    """Per level of the complete prototypes after this round: the classes covered and, over those classes,
+    the mean pairwise cosine (near 1 = the prototype space collapsed; see METHOD.md's pitfalls)."""
+    out: dict[str, float] = {}
+    for level, table in (tables or {}).items():
+        covered = np.asarray(table.vectors, dtype=np.float64)[table.coverage]
+        out[f"prototype_classes_{level}"] = int(covered.shape[0])
+        if covered.shape[0] >= 2:
+            unit = covered / np.maximum(np.linalg.norm(covered, axis=1, keepdims=True), 1e-12)
+            cos = unit @ unit.T
+            out[f"prototype_cosine_{level}"] = float(cos[~np.eye(len(cos), dtype=bool)].mean())
+    return out
 
 
 def _evaluate_inline(evaluator: _Evaluator, entry: dict[str, Any], weights: dict[str, np.ndarray]) -> None:

@@ -61,3 +61,14 @@ def aggregate_round(
         tables = aggregate_prototypes(local_sets, config.num_classes, previous,
                                       weighting=config.training.prototype_weighting) or None
     return RoundAggregate(weights, new_momentum, tables)
+
+
+def weighted_metrics(items: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:
+    """Per metric name, the sample-weighted mean over the updates that reported it."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for metrics, weight in items:
+        for name, value in metrics.items():
+            sums[name] = sums.get(name, 0.0) + weight * float(value)
+            weights[name] = weights.get(name, 0.0) + weight
+    return {name: sums[name] / weights[name] for name in sorted(sums) if weights[name] > 0}

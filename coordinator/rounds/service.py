@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -36,6 +36,7 @@ from client_sdk.tensors import (
     read_header,
 )
 from coordinator.aggregation import aggregate_round
+from coordinator.aggregation.round import weighted_metrics
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services
 from coordinator.events.service import emit
@@ -180,17 +181,6 @@ class _Aggregate:
     prototype_levels: list[dict[str, Any]] | None
     train_metrics: dict[str, float]
     seconds: float
-
-
-def weighted_metrics(items: Sequence[tuple[Mapping[str, float], float]]) -> dict[str, float]:
-    """Per metric name, the sample-weighted mean over the updates that reported it."""
-    sums: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for metrics, weight in items:
-        for name, value in metrics.items():
-            sums[name] = sums.get(name, 0.0) + weight * float(value)
-            weights[name] = weights.get(name, 0.0) + weight
-    return {name: sums[name] / weights[name] for name in sorted(sums) if weights[name] > 0}
 
 
 def _aggregate(services: Services, config: FederationCreate, input_model: ModelVersionRow,

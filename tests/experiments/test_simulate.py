@@ -78,6 +78,12 @@ def test_seeded_run_is_reproducible_and_http_matches_in_process(tmp_path: Path) 
     assert scores(first) == scores(local)
     models = [(tmp_path / d / "final_model.safetensors").read_bytes() for d in "abc"]
     assert models[0] == models[1] == models[2]
+    # Both transports record the same sample-weighted training metrics; in-process also the prototype state.
+    for over_http, in_process in zip(first.history, local.history, strict=True):
+        assert over_http["train_loss"] == pytest.approx(in_process["train_loss"], rel=1e-6)
+        assert over_http["train_ce"] > 0
+    last = local.history[-1]
+    assert 1 <= last["prototype_classes_shared"] <= 6 and -1 <= last["prototype_cosine_shared"] <= 1
     # A different seed is a different run.
     other = run_experiment_inprocess(cfg.model_copy(update={"seed": 8}), tmp_path / "d", workers=1,
                                      progress=lambda _: None)

@@ -190,3 +190,15 @@ def test_evaluate_reports_fractions_and_loss(har_test):
     assert all(0.0 <= metrics[k] <= 1.0 for k in ("accuracy", "macro_f1", "uar", "auc"))
     with pytest.raises(ValueError, match="num_classes"):
         evaluate(model, har_test, 5)
+
+
+def test_mfcpl_prototype_source_all_builds_the_shared_level_from_every_sample(har_train):
+    data = drop(har_train.subset(np.arange(30)), "gyro", np.arange(0, 30, 2))  # 15 complete, 15 acc only
+    complete = train_local(build_model(small_config(), seed=0), data, small_config(), seed=0).prototypes
+    assert complete["shared"].counts.sum() == 15
+    cfg = small_config(options={"prototype_source": "all"})
+    everything = train_local(build_model(cfg, seed=0), data, cfg, seed=0).prototypes
+    assert everything["shared"].counts.sum() == 30
+    with pytest.raises(ValueError, match="prototype_source"):
+        bad = small_config(options={"prototype_source": "some"})
+        train_local(build_model(bad, seed=0), data, bad, seed=0)
