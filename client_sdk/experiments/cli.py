@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import itertools
 import json
 import os
@@ -172,6 +173,11 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from --results-dir")
     p.add_argument("--curves", default=None, help="also plot mean dev macro-F1 per round per method to this PNG")
     p.add_argument("--all", action="store_true", help="tabulate every result in --results-dir, not only this grid")
+    p.add_argument("--match", action="append", default=[], metavar="GLOB",
+                   help="with --all: only the run ids matching this glob (repeatable), e.g. '*client_q080*_r200*'")
+    p.add_argument("--curve-metric", default="dev_macro_f1",
+                   help="what --curves plots per round: a history field such as dev_macro_f1, test_macro_f1 or "
+                        "prototype_cosine_shared (the complete prototypes' mean pairwise cosine)")
     p.add_argument("--at-round", type=int, default=None, help="compare every run as if it had stopped at round N")
     p.add_argument("--collect-partial", action="store_true",
                    help="also record runs cut off before their end (their history.partial.json in --runs-dir)")
@@ -203,13 +209,15 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
 
     wanted = {c.run_id() for c in configs}
     results = [r for r in load_results(results_dir.glob("*.json")) if args.all or r.run_id in wanted]
+    if args.match:
+        results = [r for r in results if any(fnmatch.fnmatchcase(r.run_id, g) for g in args.match)]
     if args.at_round is not None:
         from client_sdk.experiments.results import truncated
 
         results = [truncated(r, args.at_round) for r in results]
     table = results_table(results)
     if args.curves:
-        _curves_plot(results, Path(args.curves))
+        _curves_plot(results, Path(args.curves), args.curve_metric)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         Path(args.table).write_text(table)
@@ -242,19 +250,22 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
         print(f"collected {cfg.run_id()}: {len(history)} of {cfg.rounds} rounds (partial)")
 
 
-def _curves_plot(results: Sequence[Any], path: Path) -> None:
-    """Mean dev macro-F1 over seeds per evaluated round, one line per method (and variant)."""
+def _curves_plot(results: Sequence[Any], path: Path, metric: str = "dev_macro_f1") -> None:
+    """Mean of ``metric`` over seeds per round where the runs recorded it, one line per method (and variant)."""
     from client_sdk.experiments.plots import plot_curves
 
     by_label: dict[str, dict[int, list[float]]] = {}
     for r in results:
         label = f"{r.config.algorithm}{'-' + r.config.tag if r.config.tag else ''}"
         for e in r.history:
-            if "dev_macro_f1" in e:
-                by_label.setdefault(label, {}).setdefault(e["round"], []).append(e["dev_macro_f1"])
+            if metric in e:
+                by_label.setdefault(label, {}).setdefault(e["round"], []).append(e[metric])
     curves = {label: [(rnd, statistics.fmean(v)) for rnd, v in sorted(points.items())]
               for label, points in by_label.items()}
-    plot_curves(curves, path, "mean dev macro-F1 over seeds")
+    if metric.endswith("macro_f1"):
+        plot_curves(curves, path, f"mean {metric.replace('_', ' ')} over seeds")
+    else:
+        plot_curves(curves, path, f"mean {metric} over seeds", ylabel=metric, percent=False)
 
 
 def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:

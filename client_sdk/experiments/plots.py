@@ -35,15 +35,17 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, title: str = "")
 
 
 def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, title: str = "",
-                ylabel: str = "dev macro-F1 (%)") -> Path:
-    """Several runs' F1 per round on one plot (values as fractions)."""
+                ylabel: str = "dev macro-F1 (%)", percent: bool = True) -> Path:
+    """Several runs' values per round on one plot (F1 as fractions, shown in percent unless ``percent=False``)."""
+    scale = 100 if percent else 1
     fig, ax = plt.subplots(figsize=(7, 4))
     for label, points in sorted(curves.items()):
         if points:
-            ax.plot([p[0] for p in points], [100 * p[1] for p in points], label=label)
+            ax.plot([p[0] for p in points], [scale * p[1] for p in points], label=label)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    if percent:
+        ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title, fontsize=9)

@@ -107,6 +107,13 @@ def test_sweep_resumes_and_writes_a_table(tmp_path: Path, capsys: pytest.Capture
     assert sweep_main(args) == 0  # everything done: nothing runs again
     assert "2 already done, 0 to run" in capsys.readouterr().out
     assert [f.stat().st_mtime_ns for f in files] == before
+    # --match selects runs by id; --curves plots any recorded per-round field.
+    curves = tmp_path / "train_loss.png"
+    assert sweep_main(["--table-only", "--all", "--match", "*fedprox*", "--results-dir", str(results),
+                       "--curves", str(curves), "--curve-metric", "train_loss"]) == 0
+    table = capsys.readouterr().out
+    assert "| fedprox |" in table and "| fedavg |" not in table
+    assert curves.stat().st_size > 0
 
 
 def test_simulate_cli_prints_a_results_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
