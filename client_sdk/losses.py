@@ -49,12 +49,15 @@ def _present_only(u: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> lis
     return [u[m] for m in u if bool(present[m].any())]
 
 
-def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, mask: Tensor | None = None) -> Tensor:
+def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, mask: Tensor | None = None,
+              per_dimension: bool = False) -> Tensor:
     """Cross-modal prototype regularization (modality-shared level).
 
     ``L_CMPR = mean_{i in S} || s_i - P^{y_i} ||_2^2`` where ``S`` holds the samples (selected by ``mask``,
     default all) whose class has a prototype. ``s`` is ``[B, d]`` (the fused embedding in prototype space),
-    ``prototypes`` ``[C, d]``. The prototypes are detached: the pull moves only ``s``.
+    ``prototypes`` ``[C, d]``. The prototypes are detached: the pull moves only ``s``. With
+    ``per_dimension`` the squared distance is divided by d (FedProto's ``MSELoss`` scale), so the weight
+    means the same whatever the width of an unbounded space such as the classifier's penultimate layer.
     """
     select = coverage[labels]
     if mask is not None:
@@ -62,7 +65,8 @@ def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, m
     if not bool(select.any()):
         return zero_like_graph(s)
     target = prototypes.detach()[labels[select]]
-    return (s[select] - target).pow(2).sum(dim=1).mean()
+    squared = (s[select] - target).pow(2)
+    return (squared.mean(dim=1) if per_dimension else squared.sum(dim=1)).mean()
 
 
 def prototype_contrast(

@@ -20,12 +20,12 @@ from client_sdk.schemas import FederationCreate, ModalityKind, ModalitySpec, Mod
 
 PrototypeSpace = Literal["normalized", "projection", "penultimate"]
 PROTOTYPE_SPACES: tuple[str, ...] = ("normalized", "projection", "penultimate")
-DEFAULT_PROTOTYPE_SPACE: PrototypeSpace = "normalized"
+DEFAULT_PROTOTYPE_SPACE: PrototypeSpace = "penultimate"
 MASK_SCORE = -1e5  # attention score of a masked position (finite, so an all-masked row stays NaN-free)
 
 
 def prototype_space_of(training: TrainingConfig) -> PrototypeSpace:
-    """``training.options["prototype_space"]``, validated (default ``normalized``)."""
+    """``training.options["prototype_space"]``, validated (default ``penultimate``)."""
     value = training.options.get("prototype_space", DEFAULT_PROTOTYPE_SPACE)
     if value not in PROTOTYPE_SPACES:
         raise ValueError(f"options.prototype_space must be one of {', '.join(PROTOTYPE_SPACES)}; got {value!r}")

@@ -121,7 +121,8 @@ def batch_losses(
         if _has(protos, "shared"):
             shared = protos["shared"]
             targets = F.normalize(shared.vectors, dim=1) if options.prototype_space == "normalized" else shared.vectors
-            terms["cmpr"] = cmpr_loss(out.s, labels, targets, shared.coverage)
+            terms["cmpr"] = cmpr_loss(out.s, labels, targets, shared.coverage,
+                                      per_dimension=options.prototype_space == "penultimate")
             levels = {k: v.vectors for k, v in protos.items()}
             coverage = {k: v.coverage for k, v in protos.items()}
             terms["cmpc"] = cmpc_loss(out.u, out.present, labels, levels, coverage, training.tau, training.cmpc_target)

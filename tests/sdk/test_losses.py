@@ -166,3 +166,10 @@ def test_wholly_absent_modality_stays_out_of_the_graph():
     total = cma_loss(u, present) + cmpc_loss(u, present, torch.tensor([0]), {"shared": P}, {"shared": COV}, 0.5)
     total.backward()
     assert b.grad is None and a.grad is not None
+
+
+def test_cmpr_per_dimension_is_the_sum_divided_by_the_width():
+    s = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    summed = cmpr_loss(s, labels, P, COV)
+    assert cmpr_loss(s, labels, P, COV, per_dimension=True).item() == pytest.approx(summed.item() / 2)

@@ -113,7 +113,8 @@ def test_vector_and_token_modalities():
     x = {"image": torch.randn(3, 40), "words": words}
     present = {"image": torch.tensor([True, False, True]), "words": torch.tensor([True, True, False])}
     out = model(x, present)
-    assert out.logits.shape == (3, 2) and out.z.shape == (3, 6 * 16) and out.u["words"].shape == (3, 8)
+    assert out.logits.shape == (3, 2) and out.z.shape == (3, 6 * 16)
+    assert out.u["words"].shape == (3, 64) == (3, model.proto_dim)  # penultimate space: classifier_hidden
     assert torch.isfinite(out.logits).all()
     model.eval()
     trimmed = dict(x)

@@ -76,7 +76,7 @@ EXPECTED_LEVELS = {
     "pmcmfl": {"acc", "gyro"},
 }
 EXPECTED_TERMS = {
-    "mfcpl": {"train_proto_ce", "train_cmpr", "train_cmpc", "train_cma"},
+    "mfcpl": {"train_cmpr", "train_cmpc", "train_cma"},  # + train_proto_ce in the normalized space
     "fedprox": {"train_prox"},
     "fedproto": {"train_fedproto"},
     "pmcmfl": {"train_pmcmfl"},
@@ -120,7 +120,7 @@ def test_client_without_gyro_never_touches_the_gyro_encoder(har_train):
     assert set(first.prototypes) == {"acc"}  # no complete sample -> no shared level
     before = {k: v.copy() for k, v in first.weights.items()}
     protos = tables_from(first.prototypes)
-    protos["shared"] = PrototypeTable(np.ones((6, 16), np.float32), np.ones(6, np.float32))
+    protos["shared"] = PrototypeTable(np.ones((6, model.proto_dim), np.float32), np.ones(6, np.float32))
     after = train_local(model, data, cfg, global_prototypes=protos, seed=1).weights
     gyro = [k for k in after if k.startswith(("encoders.gyro.", "g2.gyro."))]
     assert gyro and all(np.array_equal(before[k], after[k]) for k in gyro)
@@ -202,3 +202,11 @@ def test_mfcpl_prototype_source_all_builds_the_shared_level_from_every_sample(ha
     with pytest.raises(ValueError, match="prototype_source"):
         bad = small_config(options={"prototype_source": "some"})
         train_local(build_model(bad, seed=0), data, bad, seed=0)
+
+
+def test_the_cosine_head_term_exists_only_in_the_normalized_space(har_train):
+    data = har_train.subset(np.arange(16))
+    for space, expected in (("normalized", True), ("penultimate", False)):
+        cfg = small_config(options={"prototype_space": space})
+        metrics = train_local(build_model(cfg, seed=0), data, cfg, seed=0).metrics
+        assert ("train_proto_ce" in metrics) is expected, space
