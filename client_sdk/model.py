@@ -24,12 +24,17 @@ DEFAULT_PROTOTYPE_SPACE: PrototypeSpace = "penultimate"
 MASK_SCORE = -1e5  # attention score of a masked position (finite, so an all-masked row stays NaN-free)
 
 
+def choice_option(training: TrainingConfig, name: str, choices: tuple[str, ...], default: str) -> str:
+    """``training.options[name]``, validated against ``choices``."""
+    value = training.options.get(name, default)
+    if value not in choices:
+        raise ValueError(f"options.{name} must be one of {', '.join(choices)}; got {value!r}")
+    return cast(str, value)
+
+
 def prototype_space_of(training: TrainingConfig) -> PrototypeSpace:
     """``training.options["prototype_space"]``, validated (default ``penultimate``)."""
-    value = training.options.get("prototype_space", DEFAULT_PROTOTYPE_SPACE)
-    if value not in PROTOTYPE_SPACES:
-        raise ValueError(f"options.prototype_space must be one of {', '.join(PROTOTYPE_SPACES)}; got {value!r}")
-    return cast(PrototypeSpace, value)
+    return cast(PrototypeSpace, choice_option(training, "prototype_space", PROTOTYPE_SPACES, DEFAULT_PROTOTYPE_SPACE))
 
 
 def bool_option(training: TrainingConfig, name: str, default: bool) -> bool:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import cast, get_args
 
 import numpy as np
 import torch
@@ -20,8 +21,15 @@ from torch import Tensor
 from client_sdk.data import MultimodalArrays
 from client_sdk.evaluation import classification_metrics
 from client_sdk.losses import cma_loss, cmpc_loss, cmpr_loss, fedproto_loss, fedprox_term, prototype_clip_loss
-from client_sdk.model import MultimodalModel, float_option, prototype_space_of
-from client_sdk.prototypes import batch_tensors, embed, local_prototypes, model_device, present_matrix
+from client_sdk.model import (
+    DEFAULT_PROTOTYPE_SPACE,
+    MultimodalModel,
+    PrototypeSpace,
+    choice_option,
+    float_option,
+    prototype_space_of,
+)
+from client_sdk.prototypes import SharedFrom, batch_tensors, embed, local_prototypes, model_device, present_matrix
 from client_sdk.schemas import Algorithm, FederationCreate, TrainingConfig
 from client_sdk.tensors import LocalPrototypes, PrototypeTable
 from client_sdk.torch_io import TorchPrototypes, model_to_numpy, prototypes_to_torch
@@ -39,28 +47,26 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-PROTOTYPE_SOURCES = ("complete", "all")
+PROTOTYPE_SOURCES: tuple[str, ...] = get_args(SharedFrom)
 
 
 @dataclass(frozen=True)
 class TrainerOptions:
     """The trainer's settings from ``TrainingConfig.options`` (validated), with their defaults."""
 
-    prototype_space: str = "normalized"
+    prototype_space: PrototypeSpace = DEFAULT_PROTOTYPE_SPACE
     lambda_proto_ce: float = 0.1  # weight of the cosine-head CE on s (``normalized`` space only)
     pmcmfl_lambda: float = 1.0  # weight of PmcmFL's prototype contrast
-    prototype_source: str = "complete"  # MFCPL's shared prototypes from complete samples (paper) or from all
+    prototype_source: SharedFrom = "complete"  # MFCPL's shared prototypes from complete samples (paper) or all
 
     @classmethod
     def from_config(cls, training: TrainingConfig) -> TrainerOptions:
-        source = training.options.get("prototype_source", "complete")
-        if source not in PROTOTYPE_SOURCES:
-            raise ValueError(f"options.prototype_source must be one of {', '.join(PROTOTYPE_SOURCES)}; got {source!r}")
         return cls(
             prototype_space=prototype_space_of(training),
             lambda_proto_ce=float_option(training, "lambda_proto_ce", 0.1),
             pmcmfl_lambda=float_option(training, "pmcmfl_lambda", 1.0),
-            prototype_source=str(source),
+            prototype_source=cast(SharedFrom, choice_option(training, "prototype_source", PROTOTYPE_SOURCES,
+                                                            "complete")),
         )
 
 
@@ -154,7 +160,7 @@ def batch_losses(
 
 
 def prototypes_after_training(
-    model: MultimodalModel, data: MultimodalArrays, algorithm: Algorithm, options: TrainerOptions | None = None
+    model: MultimodalModel, data: MultimodalArrays, algorithm: Algorithm, options: TrainerOptions = TrainerOptions()
 ) -> dict[str, LocalPrototypes]:
     """The local prototypes ``algorithm`` sends with its update (none for fedavg, fedprox, fedopt).
 
@@ -162,8 +168,7 @@ def prototypes_after_training(
     ``options.prototype_source`` is ``all``: then every sample with any modality contributes its s.
     """
     if algorithm == Algorithm.MFCPL:
-        source = "all" if options is not None and options.prototype_source == "all" else "complete"
-        return local_prototypes(model, data, shared_from=source)
+        return local_prototypes(model, data, shared_from=options.prototype_source)
     if algorithm == Algorithm.FEDPROTO:
         return local_prototypes(model, data, ["shared"], shared_feature="penultimate", shared_from="all")
     if algorithm == Algorithm.PMCMFL:

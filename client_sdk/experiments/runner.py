@@ -288,8 +288,13 @@ def _round_entry(closed: Any, outcomes: list[dict[str, Any]], round_s: float, el
         "client_train_seconds": total("train"),
         "client_upload_seconds": total("upload"),
     }
-    entry.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in closed.train_metrics.items()})
+    entry.update(_train_fields(closed.train_metrics))
     return entry
+
+
+def _train_fields(metrics: dict[str, float]) -> dict[str, float]:
+    """The round's averaged client metrics as history fields, each named ``train_*`` once."""
+    return {k if k.startswith("train_") else f"train_{k}": v for k, v in metrics.items()}
 
 
 def _progress_line(entry: dict[str, Any], rounds: int) -> str:
@@ -330,8 +335,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
     import torch
 
     from client_sdk.tensors import decode_update, encode_prototypes
-    from coordinator.aggregation import aggregate_round
-    from coordinator.aggregation.round import weighted_metrics
+    from coordinator.aggregation import aggregate_round, weighted_metrics
     from coordinator.rounds.sampling import client_seed, round_seed, sample_participants
 
     torch.set_num_threads(1)
@@ -386,7 +390,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
                 "elapsed_seconds": time.perf_counter() - started,
                 "client_train_seconds": float(sum(r[2]["train"] for r in results)),
                 "aggregation_seconds": agg_s,
-                **{k if k.startswith("train_") else f"train_{k}": v for k, v in train_metrics.items()},
+                **_train_fields(train_metrics),
                 **_prototype_diagnostics(tables),
             }
             history.append(entry)

@@ -7,7 +7,7 @@ safetensors bytes (``bytes``, ``bytearray``, ``memoryview`` or an ``mmap.mmap`` 
 from coordinator.aggregation.fedavg import Buffer, weighted_average
 from coordinator.aggregation.fedopt import fedopt_step
 from coordinator.aggregation.prototypes import PROTOTYPE_WEIGHTINGS, aggregate_prototypes
-from coordinator.aggregation.round import RoundAggregate, aggregate_round
+from coordinator.aggregation.round import RoundAggregate, aggregate_round, weighted_metrics
 
 __all__ = ["PROTOTYPE_WEIGHTINGS", "Buffer", "RoundAggregate", "aggregate_prototypes", "aggregate_round",
-           "fedopt_step", "weighted_average"]
+           "fedopt_step", "weighted_average", "weighted_metrics"]

@@ -35,8 +35,7 @@ from client_sdk.tensors import (
     numpy_dtype,
     read_header,
 )
-from coordinator.aggregation import aggregate_round
-from coordinator.aggregation.round import weighted_metrics
+from coordinator.aggregation import aggregate_round, weighted_metrics
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services
 from coordinator.events.service import emit
