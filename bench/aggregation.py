@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from client_sdk.tensors import WEIGHTS_PREFIX, Update, encode_update, read_header, tensor_view
 from coordinator.aggregation import weighted_average
+from mfcpl.wire.tensors import WEIGHTS_PREFIX, Update, encode_update, read_header, tensor_view
 
 # Distinct update bodies written per configuration; files cycle through them (content does not change speed,
 # distinct files do: each has its own page-cache pages).

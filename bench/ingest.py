@@ -12,7 +12,7 @@ Both servers run as subprocesses started the same way (``python -m uvicorn ... -
 Per concurrency level ``c``, one federation is prepared (model of about 1M float32 parameters, so updates
 are about 4.3 MB with their prototypes; N + 1 enrolled clients, all participants of every round; a one-hour
 deadline) before the clock starts. Each
-repetition is one round: N pre-encoded, distinct, valid updates (``client_sdk.tensors.encode_update``; one
+repetition is one round: N pre-encoded, distinct, valid updates (``mfcpl.wire.tensors.encode_update``; one
 float differs per body, so no two share a blob) are posted by ``c`` threads, each with its own keep-alive
 httpx client, to the coordinator and to the bare endpoint (the order alternates between repetitions). The
 round is still open then (one participant has not reported), so no aggregation runs while the clock runs;
@@ -53,8 +53,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE
-from client_sdk.tensors import WEIGHTS_PREFIX, LocalPrototypes, Update, encode_model, encode_update, read_header
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.tensors import WEIGHTS_PREFIX, LocalPrototypes, Update, encode_model, encode_update, read_header
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"

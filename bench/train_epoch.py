@@ -22,10 +22,10 @@ import numpy as np
 
 from client_sdk.data import MultimodalArrays
 from client_sdk.model import build_model
-from client_sdk.schemas import FederationCreate
-from client_sdk.tensors import LocalPrototypes, PrototypeTable, Update, encode_update
 from client_sdk.torch_io import load_numpy_weights, model_to_numpy
 from client_sdk.trainer import evaluate, train_local
+from mfcpl.wire.schemas import FederationCreate
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable, Update, encode_update
 
 NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "uci_har" / "uci_har.npz"
 

@@ -5,13 +5,13 @@
 Model: ``client_sdk.model.build_model`` of the UCI-HAR federation config (``uci_har_federation`` modalities,
 6 classes, default ``ModelSettings``/``TrainingConfig``, algorithm mfcpl). Sizes are the bytes on the wire:
 
-* update: ``client_sdk.tensors.encode_update`` of the weights plus *realistic* local prototypes (the MFCPL
+* update: ``mfcpl.wire.tensors.encode_update`` of the weights plus *realistic* local prototypes (the MFCPL
   levels ``shared``, ``acc``, ``gyro``, computed by the model on a real UCI-HAR client shard) and the metrics a
   node reports;
 * model: ``encode_model`` of the weights (the body of ``GET .../models/{v}/weights``);
 * prototype set: the body of ``GET .../prototypes/{v}/tensors`` as the coordinator serves it after a round.
 
-Times: a real coordinator subprocess (``python -m coordinator serve``, fresh SQLite, fs blob store with fsync
+Times: a real coordinator subprocess (``python -m mfcpl serve``, fresh SQLite, fs blob store with fsync
 on, the default) on loopback; the node side is the SDK (``MfcplClient``) with one keep-alive connection, as
 ``mfcpl client run`` uses it. A federation with ``reps + 1`` clients, all sampled each round; round 1 is
 completed untimed (so model v1 and prototypes v1 exist); in round 2, repetition i runs, in this order,
@@ -52,10 +52,10 @@ from client_sdk.data.registry import load_client_data
 from client_sdk.data.uci_har import CLASS_NAMES, MODALITIES
 from client_sdk.model import build_model
 from client_sdk.node import client_profile
-from client_sdk.schemas import Algorithm, ClientProfile, FederationCreate, TaskAction
-from client_sdk.tensors import Update, encode_model, encode_update
 from client_sdk.torch_io import model_to_numpy
 from client_sdk.trainer import prototypes_after_training
+from mfcpl.wire.schemas import Algorithm, ClientProfile, FederationCreate, TaskAction
+from mfcpl.wire.tensors import Update, encode_model, encode_update
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,12 +75,12 @@ def free_port() -> int:
 
 @contextmanager
 def coordinator(workdir: Path) -> Iterator[tuple[str, str]]:
-    """A ``python -m coordinator serve`` subprocess on a fresh SQLite file; yields (base URL, admin token)."""
+    """A ``python -m mfcpl serve`` subprocess on a fresh SQLite file; yields (base URL, admin token)."""
     port, token = free_port(), "admin-" + secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
     env.update({"MFCPL_DATA_DIR": str(workdir), "MFCPL_ADMIN_TOKEN": token, "MFCPL_TICK_S": "0.1"})
     log = open(workdir / "coordinator.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "coordinator", "serve", "--port", str(port), "--log-level",
+    proc = subprocess.Popen([sys.executable, "-m", "mfcpl", "serve", "--port", str(port), "--log-level",
                              "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

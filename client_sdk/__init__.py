@@ -4,4 +4,4 @@ Importing this package needs neither torch nor FastAPI: the torch parts live in 
 imported on use (``client_sdk.model``, ``client_sdk.losses``, ``client_sdk.trainer``, ...).
 """
 
-__version__ = "0.1.0"
+

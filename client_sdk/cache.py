@@ -1,7 +1,7 @@
 """ETag cache for immutable tensor bodies (model weights, prototype sets).
 
 The coordinator's model versions and prototype sets are content-addressed: their ETag is the sha256 of the
-body (DESIGN.md, contract 4). The cache remembers, per URL, the last ETag and body it saw, so the next
+body (docs/design.md, contract 4). The cache remembers, per URL, the last ETag and body it saw, so the next
 download sends ``If-None-Match`` and a ``304 Not Modified`` reuses the stored bytes. Bodies live in memory
 (bounded, least recently used dropped first) and, when a directory is given, on disk as
 ``<dir>/blobs/<sha256>`` with a small JSON index per URL, so a restarted node does not download again.

@@ -1,4 +1,4 @@
-"""Typed, retrying HTTP client for the mfcpl coordinator (the REST contract of :mod:`client_sdk.schemas`).
+"""Typed, retrying HTTP client for the mfcpl coordinator (the REST contract of :mod:`mfcpl.wire.schemas`).
 
 One :class:`MfcplClient` serves operators (admin token) and edge nodes (client token)::
 
@@ -15,7 +15,7 @@ Behaviour shared by every call:
   each retry, so a retried update is counted once;
 - model and prototype downloads cached by ETag (``If-None-Match`` -> 304 reuses the cached bytes) and
   checked against their sha256;
-- tensors travel as safetensors (:mod:`client_sdk.tensors`), never pickle.
+- tensors travel as safetensors (:mod:`mfcpl.wire.tensors`), never pickle.
 
 This module imports neither torch nor FastAPI nor SQLAlchemy.
 """
@@ -38,7 +38,6 @@ import numpy as np
 from pydantic import BaseModel, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
-from client_sdk import __version__
 from client_sdk.cache import ETagCache, etag_digest, sha256_hex
 from client_sdk.errors import (
     APIConnectionError,
@@ -48,10 +47,9 @@ from client_sdk.errors import (
     MfcplError,
     error_from_response,
 )
-from client_sdk.schemas import (
-    API_PREFIX,
-    IDEMPOTENCY_HEADER,
-    SAFETENSORS_CONTENT_TYPE,
+from mfcpl import __version__
+from mfcpl.wire.constants import API_PREFIX, IDEMPOTENCY_HEADER, SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.schemas import (
     Client,
     ClientEnroll,
     ClientEnrolled,
@@ -68,7 +66,7 @@ from client_sdk.schemas import (
     Task,
     UpdateReceipt,
 )
-from client_sdk.tensors import (
+from mfcpl.wire.tensors import (
     PrototypeTable,
     TensorFormatError,
     Update,
@@ -611,7 +609,7 @@ def iter_sse(lines: Iterator[str]) -> Iterator[ServerSentEvent]:
 
 
 class EventStream:
-    """Iterator of :class:`~client_sdk.schemas.Event` from ``/events``; reconnects with ``Last-Event-ID``.
+    """Iterator of :class:`~mfcpl.wire.schemas.Event` from ``/events``; reconnects with ``Last-Event-ID``.
 
     Iteration ends when ``timeout`` seconds have passed (checked between lines, so an idle stream ends at
     most ``timeout`` after the last connection opened), after ``max_events`` events, or when the server

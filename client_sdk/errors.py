@@ -2,7 +2,7 @@
 
 Every error is an :class:`MfcplError`. Errors that come from an HTTP answer are :class:`APIStatusError`
 subclasses chosen by status code and carry the coordinator's problem document (RFC 9457,
-:class:`client_sdk.schemas.Problem`), so callers can branch on the stable ``code``::
+:class:`mfcpl.wire.schemas.Problem`), so callers can branch on the stable ``code``::
 
     try:
         client.updates.submit(fid, r, update)
@@ -21,7 +21,7 @@ from http import HTTPStatus
 import httpx
 from pydantic import ValidationError as _PydanticValidationError
 
-from client_sdk.schemas import Problem
+from mfcpl.wire.schemas import Problem
 
 _DETAIL_LIMIT = 2000
 

@@ -1,6 +1,6 @@
 """The multimodal classifier MFCPL trains: per-modality encoders, attention fusion, classifier, g1 and g2.
 
-Built from a federation's declared modalities (:class:`client_sdk.schemas.FederationCreate`) by
+Built from a federation's declared modalities (:class:`mfcpl.wire.schemas.FederationCreate`) by
 :func:`build_model`. Any subset of modalities may be missing per sample (``present[m][i]`` False): a
 missing modality's encoder is not run for that sample, its sequence positions are masked out of the
 attention fusion (score -1e5 before the softmax) and its features are zero. See docs/algorithm.md.
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from client_sdk.schemas import FederationCreate, ModalityKind, ModalitySpec, ModelSettings, TrainingConfig
+from mfcpl.wire.schemas import FederationCreate, ModalityKind, ModalitySpec, ModelSettings, TrainingConfig
 
 PrototypeSpace = Literal["normalized", "projection", "penultimate"]
 PROTOTYPE_SPACES: tuple[str, ...] = ("normalized", "projection", "penultimate")

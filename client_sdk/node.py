@@ -31,8 +31,8 @@ from client_sdk.errors import (
     PermissionDeniedError,
     ServerError,
 )
-from client_sdk.schemas import ClientProfile, FederationCreate, Task, TaskAction, UpdateReceipt
-from client_sdk.tensors import PrototypeTable, Update
+from mfcpl.wire.schemas import ClientProfile, FederationCreate, Task, TaskAction, UpdateReceipt
+from mfcpl.wire.tensors import PrototypeTable, Update
 
 log = logging.getLogger("mfcpl.node")
 

@@ -1,6 +1,6 @@
 """Local prototypes: per-class means of the model's embeddings over a client's samples (no-grad pass).
 
-Levels (METHOD.md): ``shared`` is the mean fused embedding ``s`` per class over the *complete* samples
+Levels (docs/method.md): ``shared`` is the mean fused embedding ``s`` per class over the *complete* samples
 (every modality present); each modality m has its own level, the mean ``u^m`` per class over the samples
 that have m. FedProto uses the classifier's penultimate features of *all* samples as its ``shared``
 level; PmcmFL uses the per-modality encoder features ``h^m``. Counts travel with the rows so the
@@ -18,7 +18,7 @@ import torch
 
 from client_sdk.data import MultimodalArrays
 from client_sdk.model import MultimodalModel
-from client_sdk.tensors import LocalPrototypes
+from mfcpl.wire.tensors import LocalPrototypes
 
 SharedFeature = Literal["s", "penultimate"]
 ModalityFeature = Literal["u", "h"]

@@ -1,4 +1,4 @@
-"""Bridges between torch and the numpy dictionaries of :mod:`client_sdk.tensors` (never pickle)."""
+"""Bridges between torch and the numpy dictionaries of :mod:`mfcpl.wire.tensors` (never pickle)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from client_sdk.tensors import PrototypeTable
+from mfcpl.wire.tensors import PrototypeTable
 
 
 def model_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:

@@ -30,9 +30,9 @@ from client_sdk.model import (
     prototype_space_of,
 )
 from client_sdk.prototypes import SharedFrom, batch_tensors, embed, local_prototypes, model_device, present_matrix
-from client_sdk.schemas import Algorithm, FederationCreate, TrainingConfig
-from client_sdk.tensors import LocalPrototypes, PrototypeTable
 from client_sdk.torch_io import TorchPrototypes, model_to_numpy, prototypes_to_torch
+from mfcpl.wire.schemas import Algorithm, FederationCreate, TrainingConfig
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable
 
 
 class TrainingDiverged(RuntimeError):

@@ -11,8 +11,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from client_sdk.schemas import API_PREFIX
-from coordinator import __version__
 from coordinator.clients.router import router as clients_router
 from coordinator.core import Services
 from coordinator.db.migrate import upgrade
@@ -27,6 +25,8 @@ from coordinator.rounds.router import tasks_router
 from coordinator.rounds.service import tick
 from coordinator.settings import Settings, ensure_admin_token
 from coordinator.updates.router import router as updates_router
+from mfcpl import __version__
+from mfcpl.wire.constants import API_PREFIX
 
 log = logging.getLogger("mfcpl.app")
 

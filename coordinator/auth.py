@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from fastapi import Depends, Request
 from sqlalchemy import select
 
-from client_sdk.schemas import ErrorCode
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services, get_services
 from coordinator.problems import ProblemError
+from mfcpl.wire.errors import ErrorCode
 
 CLIENT_TOKEN_PREFIX = "mfcpl_c_"
 

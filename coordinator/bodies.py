@@ -7,8 +7,9 @@ from typing import Any, Protocol
 
 from fastapi import Request, Response
 
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE, ErrorCode
 from coordinator.problems import TENSOR_CONTENT_TYPES, ProblemError
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.errors import ErrorCode
 
 
 def require_tensor_media_type(request: Request) -> None:

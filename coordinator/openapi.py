@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from client_sdk.schemas import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE, Problem
+from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.schemas import Problem
 
 FID = "fed_3f2a9c1d4b5e6f70"
 CID = "cli_9a8b7c6d5e4f3a21"

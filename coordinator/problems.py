@@ -1,7 +1,7 @@
 """RFC 9457 problem documents: one exception type, handlers for every error path, a body-size limit.
 
 Every error leaves the service as ``application/problem+json`` with a stable ``code``
-(:class:`client_sdk.schemas.ErrorCode`). Unexpected exceptions become a 500 ``internal_error`` whose body
+(:class:`mfcpl.wire.errors.ErrorCode`). Unexpected exceptions become a 500 ``internal_error`` whose body
 carries no internals; client mistakes are caught before that as 4xx.
 """
 
@@ -18,14 +18,16 @@ from sqlalchemy.exc import DataError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from client_sdk.schemas import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE, ErrorCode, Problem
-from client_sdk.tensors import TensorFormatError
+from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import Problem
+from mfcpl.wire.tensors import TensorFormatError
 
 log = logging.getLogger("mfcpl.problems")
 
 TENSOR_CONTENT_TYPES = (SAFETENSORS_CONTENT_TYPE, "application/octet-stream")
 
-# Status of each tensor-format code from client_sdk.tensors.
+# Status of each tensor-format code from mfcpl.wire.tensors.
 TENSOR_ERROR_STATUS: dict[str, int] = {
     ErrorCode.MALFORMED_TENSORS: 422,
     ErrorCode.MISSING_TENSOR: 422,

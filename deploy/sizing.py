@@ -25,8 +25,8 @@ import httpx
 import numpy as np
 import psycopg
 
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE
-from client_sdk.tensors import Update, encode_model, encode_update
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.tensors import Update, encode_model, encode_update
 
 DEPLOY = Path(__file__).resolve().parent
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client_sdk.tensors import LocalPrototypes, PrototypeTable, Update, encode, encode_update
 from coordinator.aggregation import aggregate_prototypes, fedopt_step, weighted_average
 from coordinator.aggregation.fedavg import BLOCK_ELEMENTS
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable, Update, encode, encode_update
 
 # One tensor longer than a block and not a multiple of it, so the blocked path and its tail are exercised.
-# (No 0-d tensor: client_sdk.tensors.encode stores those as shape [1].)
+# (No 0-d tensor: mfcpl.wire.tensors.encode stores those as shape [1].)
 SHAPES = {"enc.weight": (3, BLOCK_ELEMENTS + 1001), "enc.bias": (7,), "head.weight": (6, 64), "one": (1,)}
 
 
@@ -303,8 +303,8 @@ def test_unknown_weighting_is_refused() -> None:
 
 
 def test_aggregate_round_matches_its_parts_and_keeps_dtypes() -> None:
-    from client_sdk.schemas import FederationCreate, ModalitySpec
     from coordinator.aggregation import aggregate_round
+    from mfcpl.wire.schemas import FederationCreate, ModalitySpec
 
     rng = np.random.default_rng(3)
     model = {"w": rng.standard_normal((4, 3)).astype(np.float32), "n": np.array([2], dtype=np.int64)}

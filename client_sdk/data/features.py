@@ -22,7 +22,7 @@ Tensors in every file (N samples):
   ``client_names`` (a JSON list / a unicode array indexed by id), else ``c<id>``.
 
 Sequences are truncated (first rows kept) or zero-padded to the layout's length; a sample with zero rows
-counts as missing. The layout maps each modality to a :class:`~client_sdk.schemas.ModalitySpec` kind:
+counts as missing. The layout maps each modality to a :class:`~mfcpl.wire.schemas.ModalitySpec` kind:
 ``vector`` [D], ``tokens`` [L, D] (token features), ``timeseries`` [T, F] (frames), ``text`` [L] (token ids).
 """
 
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from client_sdk import tensors as st
 from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset
-from client_sdk.schemas import ModalityKind, ModalitySpec
+from mfcpl.wire import tensors as st
+from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 FILE_SUFFIXES = (".safetensors", ".npz")
 LAYOUT_FILE = "layout.json"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
-from client_sdk.schemas import ModalitySpec
+from mfcpl.wire.schemas import ModalitySpec
 
 DATA_DIR_ENV = "MFCPL_DATA_DIR"
 DEFAULT_CACHE_DIR = Path("~/.cache/mfcpl/datasets")

@@ -21,7 +21,7 @@ import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset, default_data_dir
-from client_sdk.schemas import ModalityKind, ModalitySpec
+from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 DATASET_DIR = "fsdd_mfeat_av"
 NPZ_NAME = "fsdd_mfeat_av.npz"

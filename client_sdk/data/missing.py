@@ -1,4 +1,4 @@
-"""Missing-modality simulation (METHOD.md "Protocol"): which clients / samples lose which modality.
+"""Missing-modality simulation (docs/method.md "Protocol"): which clients / samples lose which modality.
 
 Two rules, both seeded and applied to the clients only (dev and test stay complete):
 

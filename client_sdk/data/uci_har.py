@@ -33,7 +33,7 @@ import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset, default_data_dir
-from client_sdk.schemas import ModalityKind, ModalitySpec
+from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 OFFICIAL_URL = "https://archive.ics.uci.edu/static/public/240/human+activity+recognition+using+smartphones.zip"
 NPZ_NAME = "uci_har.npz"
@@ -429,7 +429,7 @@ def uci_har_federation(
     max_clients: int | None = None,
     normalize: bool = True,
 ) -> FederatedDataset:
-    """The FedMultimodal UCI-HAR federation (METHOD.md "Protocol").
+    """The FedMultimodal UCI-HAR federation (docs/method.md "Protocol").
 
     For each official training subject (or each of ``subjects``): ``dev_fraction`` of its windows, cut along
     ``segment``, go to the pooled dev set; the rest is split into ``shards_per_subject`` Dirichlet(alpha)

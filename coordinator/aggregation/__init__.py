@@ -1,6 +1,6 @@
 """Server-side aggregation in pure numpy: FedAvg, FedOpt and complete prototypes.
 
-Pure functions, no I/O, no torch (DESIGN.md contract 1). Updates are read zero-copy from their stored
+Pure functions, no I/O, no torch (docs/design.md contract 1). Updates are read zero-copy from their stored
 safetensors bytes (``bytes``, ``bytearray``, ``memoryview`` or an ``mmap.mmap`` of the file).
 """
 

@@ -1,7 +1,7 @@
 """FedAvg: the sample-weighted mean of many updates, streamed from their stored bytes.
 
 Memory is O(model size): one accumulator per tensor plus a cache-sized scratch block, whatever the number
-of sources. Each source is read once, zero-copy, through :func:`client_sdk.tensors.tensor_view`.
+of sources. Each source is read once, zero-copy, through :func:`mfcpl.wire.tensors.tensor_view`.
 bench/aggregation.py measures it against a plain copy of the same bytes and against Flower's FedAvg.
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client_sdk.tensors import Header, TensorInfo, numpy_dtype, read_header, tensor_view
+from mfcpl.wire.tensors import Header, TensorInfo, numpy_dtype, read_header, tensor_view
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 

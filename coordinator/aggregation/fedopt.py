@@ -1,6 +1,6 @@
 """FedOpt: the averaged client update applied as a pseudo-gradient with server momentum SGD.
 
-The exact rule (METHOD.md, baseline "FedOpt"), per float tensor, with beta = ``server_momentum`` and
+The exact rule (docs/method.md, baseline "FedOpt"), per float tensor, with beta = ``server_momentum`` and
 eta = ``server_lr``::
 
     g     = global - averaged            # pseudo-gradient: minus the mean client step

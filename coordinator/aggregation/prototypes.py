@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from client_sdk.tensors import LocalPrototypes, PrototypeTable
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable
 
 PROTOTYPE_WEIGHTINGS = ("count", "mean")
 

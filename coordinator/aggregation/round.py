@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client_sdk.schemas import Algorithm, FederationCreate
-from client_sdk.tensors import LocalPrototypes, PrototypeTable, decode_update
 from coordinator.aggregation.fedavg import Buffer, weighted_average
 from coordinator.aggregation.fedopt import fedopt_step
 from coordinator.aggregation.prototypes import aggregate_prototypes
+from mfcpl.wire.schemas import Algorithm, FederationCreate
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable, decode_update
 
 
 @dataclass

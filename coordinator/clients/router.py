@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from client_sdk.schemas import Client, ClientEnroll, ClientEnrolled, ClientProfile
 from coordinator.auth import Principal, require_admin, require_client
 from coordinator.clients import service
 from coordinator.core import Services, get_services
 from coordinator.openapi import CLIENT_EXAMPLE, example, problems
+from mfcpl.wire.schemas import Client, ClientEnroll, ClientEnrolled, ClientProfile
 
 router = APIRouter(prefix="/federations/{fid}/clients", tags=["clients"])
 

@@ -8,13 +8,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import Client, ClientEnrolled, ClientProfile, ErrorCode, FederationCreate
 from coordinator.auth import new_client_token
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services
 from coordinator.federations import service as federations
 from coordinator.problems import ProblemError
 from coordinator.timeutil import new_id, utcnow
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import Client, ClientEnrolled, ClientProfile, FederationCreate
 
 
 def client_schema(row: ClientRow) -> Client:

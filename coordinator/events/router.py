@@ -11,13 +11,14 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from client_sdk.schemas import ErrorCode, Event
 from coordinator.auth import Principal, require_reader
 from coordinator.core import Services, get_services
 from coordinator.events.service import events_after
 from coordinator.federations import service as federations
 from coordinator.openapi import problems
 from coordinator.problems import ProblemError
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import Event
 
 router = APIRouter(prefix="/federations/{fid}", tags=["events"])
 

@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import Event, EventType
 from coordinator.events.orm import EventRow
 from coordinator.federations.orm import FederationRow
 from coordinator.timeutil import utcnow
+from mfcpl.wire.schemas import Event, EventType
 
 
 def emit(session: Session, federation_id: str, type_: EventType, round_: int | None = None,

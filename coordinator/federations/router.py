@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends
 from sqlalchemy import select, update
 
-from client_sdk.schemas import ErrorCode, EventType, Federation, FederationCreate, FederationStatus, RoundState
 from coordinator.auth import Principal, require_admin, require_reader
 from coordinator.core import Services, get_services
 from coordinator.events.service import emit
@@ -16,6 +15,8 @@ from coordinator.openapi import FEDERATION_CREATE_EXAMPLE, FEDERATION_EXAMPLE, e
 from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import utcnow
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import EventType, Federation, FederationCreate, FederationStatus, RoundState
 
 router = APIRouter(prefix="/federations", tags=["federations"])
 

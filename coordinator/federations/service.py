@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import ErrorCode, EventType, Federation, FederationCreate, FederationStatus
 from coordinator.core import Services
 from coordinator.events.service import emit
 from coordinator.federations.orm import FederationRow
@@ -15,6 +14,8 @@ from coordinator.models.orm import ModelVersionRow
 from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import new_id, utcnow
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import EventType, Federation, FederationCreate, FederationStatus
 
 ACTIVE = (FederationStatus.WAITING, FederationStatus.RUNNING, FederationStatus.PAUSED)
 TERMINAL = (FederationStatus.COMPLETED, FederationStatus.CANCELLED)

@@ -7,7 +7,6 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends
 from sqlalchemy import select
 
-from client_sdk.schemas import ErrorCode, Evaluation, EvaluationCreate, RoundMetrics, RoundState
 from coordinator.auth import Principal, require_admin, require_reader
 from coordinator.core import Services, get_services
 from coordinator.federations import service as federations
@@ -16,6 +15,8 @@ from coordinator.openapi import TIME, example, problems
 from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import utcnow
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import Evaluation, EvaluationCreate, RoundMetrics, RoundState
 
 router = APIRouter(prefix="/federations/{fid}", tags=["metrics"])
 

@@ -8,7 +8,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from client_sdk.schemas import ErrorCode, ModelVersion, PrototypeSet
 from coordinator.auth import Principal, require_admin, require_reader
 from coordinator.blobs import sha256_hex
 from coordinator.bodies import blob_response, etag_of, read_capped_body, require_tensor_media_type
@@ -26,6 +25,8 @@ from coordinator.openapi import (
 )
 from coordinator.problems import ProblemError
 from coordinator.timeutil import utcnow
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import ModelVersion, PrototypeSet
 
 router = APIRouter(prefix="/federations/{fid}", tags=["models"])
 

@@ -9,11 +9,12 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import ErrorCode, ModelVersion, PrototypeLevel, PrototypeSet
-from client_sdk.tensors import MODEL_FORMAT, Header, PrototypeTable, TensorFormatError, read_header, tensor_view
 from coordinator.core import Services
 from coordinator.models.orm import ModelVersionRow, PrototypeSetRow
 from coordinator.problems import ProblemError
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import ModelVersion, PrototypeLevel, PrototypeSet
+from mfcpl.wire.tensors import MODEL_FORMAT, Header, PrototypeTable, TensorFormatError, read_header, tensor_view
 
 FLOAT_CODES = ("F16", "F32", "F64")
 FINITE_CHUNK = 1 << 20

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from sqlalchemy import select
 
-from client_sdk.schemas import ErrorCode, Round, Task
 from coordinator.auth import Principal, require_client, require_reader
 from coordinator.core import Services, get_services
 from coordinator.federations import service as federations
@@ -14,6 +13,8 @@ from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.rounds.service import round_schema
 from coordinator.rounds.tasks import next_task
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import Round, Task
 
 tasks_router = APIRouter(prefix="/federations/{fid}", tags=["tasks"])
 router = APIRouter(prefix="/federations/{fid}/rounds", tags=["rounds"])

@@ -1,4 +1,4 @@
-"""Reproducible participant sampling and per-client seeds (DESIGN.md contract 7).
+"""Reproducible participant sampling and per-client seeds (docs/design.md contract 7).
 
 Seeds derive from the federation seed and the round number with sha256, so they do not depend on numpy's or
 Python's hashing. Candidates are ordered by client name (then id): with the same names, seed and live set, a

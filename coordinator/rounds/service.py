@@ -24,17 +24,6 @@ from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import Algorithm, EventType, FederationCreate, FederationStatus, RoundState
-from client_sdk.schemas import Round as RoundSchema
-from client_sdk.tensors import (
-    decode,
-    decode_prototypes,
-    encode,
-    encode_model,
-    encode_prototypes,
-    numpy_dtype,
-    read_header,
-)
 from coordinator.aggregation import aggregate_round, weighted_metrics
 from coordinator.clients.orm import ClientRow
 from coordinator.core import Services
@@ -48,6 +37,17 @@ from coordinator.rounds.orm import RoundRow
 from coordinator.rounds.sampling import round_seed, sample_participants
 from coordinator.timeutil import utcnow
 from coordinator.updates.orm import UpdateRow
+from mfcpl.wire.schemas import Algorithm, EventType, FederationCreate, FederationStatus, RoundState
+from mfcpl.wire.schemas import Round as RoundSchema
+from mfcpl.wire.tensors import (
+    decode,
+    decode_prototypes,
+    encode,
+    encode_model,
+    encode_prototypes,
+    numpy_dtype,
+    read_header,
+)
 
 log = logging.getLogger("mfcpl.rounds")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from client_sdk.schemas import FederationStatus, RoundState, Task, TaskAction
 from coordinator.clients.orm import ClientRow
 from coordinator.clients.service import renew_lease
 from coordinator.core import Services
@@ -15,6 +14,7 @@ from coordinator.rounds.orm import RoundRow
 from coordinator.rounds.sampling import client_seed
 from coordinator.timeutil import utcnow
 from coordinator.updates.orm import UpdateRow
+from mfcpl.wire.schemas import FederationStatus, RoundState, Task, TaskAction
 
 MIN_RETRY_S = 0.05
 

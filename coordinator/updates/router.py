@@ -9,7 +9,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
-from client_sdk.schemas import IDEMPOTENCY_HEADER, UpdateReceipt
 from coordinator.auth import Principal, require_admin, require_client
 from coordinator.bodies import check_declared_length, require_tensor_media_type, stream_capped_body
 from coordinator.core import Services, get_services
@@ -18,6 +17,8 @@ from coordinator.openapi import RECEIPT_EXAMPLE, SAFETENSORS_BODY, example, prob
 from coordinator.problems import ProblemError
 from coordinator.rounds.service import close_if_due
 from coordinator.updates import service
+from mfcpl.wire.constants import IDEMPOTENCY_HEADER
+from mfcpl.wire.schemas import UpdateReceipt
 
 router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["updates"])
 

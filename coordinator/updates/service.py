@@ -33,7 +33,6 @@ from sqlalchemy import and_, exists, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from client_sdk.schemas import ErrorCode, EventType, RoundState, UpdateReceipt
 from coordinator.blobs import BlobUpload, Buffer
 from coordinator.clients.service import renew_lease
 from coordinator.core import Services
@@ -47,6 +46,8 @@ from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import new_id, utcnow
 from coordinator.updates.orm import UpdateRow
 from coordinator.updates.validation import ValidatedUpdate, validate_update
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.schemas import EventType, RoundState, UpdateReceipt
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from client_sdk.schemas import ErrorCode
-from client_sdk.tensors import (
+from coordinator.models.service import first_non_finite
+from coordinator.problems import ProblemError
+from mfcpl.wire.errors import ErrorCode
+from mfcpl.wire.tensors import (
     PROTO_CLASSES_PREFIX,
     PROTO_COUNTS_PREFIX,
     PROTO_PREFIX,
@@ -23,8 +25,6 @@ from client_sdk.tensors import (
     read_header,
     tensor_view,
 )
-from coordinator.models.service import first_non_finite
-from coordinator.problems import ProblemError
 
 SHARED_LEVEL = "shared"
 

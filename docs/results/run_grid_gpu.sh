@@ -20,7 +20,7 @@ started=$(date +%s)
 tag_args=()
 [ -n "${TAG:-}" ] && tag_args=(--tag "$TAG")
 # shellcheck disable=SC2086
-timeout --signal=INT "$seconds" python3 -m client_sdk.experiments.cli sweep \
+timeout --signal=INT "$seconds" python3 -m mfcpl.experiments.cli sweep \
   --methods "${METHODS:-fedavg,fedprox,fedopt,fedproto,mfcpl}" --rates 0.8 --modes client --seeds "${SEEDS:-1,2,3}" \
   --rounds "$rounds" --parallel 32 --device "${DEVICE:-cuda}" --in-process "${tag_args[@]}" ${EXTRA:-} \
   --results-dir "$work/results" --runs-dir "$work/runs" --table "$work/table.md" > "$work/sweep.log" 2>&1

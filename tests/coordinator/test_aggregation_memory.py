@@ -17,8 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from client_sdk.schemas import FederationCreate
-from client_sdk.tensors import LocalPrototypes, Update, decode_model, encode_model, encode_update, read_header
 from coordinator.core import Services
 from coordinator.db.migrate import upgrade
 from coordinator.models.orm import ModelVersionRow
@@ -26,6 +24,8 @@ from coordinator.models.service import tensor_specs
 from coordinator.rounds.service import _aggregate
 from coordinator.settings import Settings
 from coordinator.updates.orm import UpdateRow
+from mfcpl.wire.schemas import FederationCreate
+from mfcpl.wire.tensors import LocalPrototypes, Update, decode_model, encode_model, encode_update, read_header
 from tests.support.federation import federation_config
 
 PARTICIPANTS = 16

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
 
-from client_sdk.tensors import decode_model
+from mfcpl.wire.tensors import decode_model
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.federation import (
     SAFETENSORS,

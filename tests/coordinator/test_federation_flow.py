@@ -8,7 +8,7 @@ import json
 import httpx
 import numpy as np
 
-from client_sdk.tensors import decode_model, decode_prototypes
+from mfcpl.wire.tensors import decode_model, decode_prototypes
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.federation import (
     create_federation,

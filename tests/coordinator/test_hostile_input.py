@@ -53,7 +53,7 @@ def test_hostile_inputs_are_refused_with_4xx(coordinator: CoordinatorProcess) ->
                               headers=SAFETENSORS)
         assert 400 <= response.status_code < 500, response.text
         # Nothing was created by any of it: a valid model v0 is still accepted.
-        from client_sdk.tensors import encode_model
+        from mfcpl.wire.tensors import encode_model
 
         ok = admin.post(f"/v1/federations/{fid}/models", content=encode_model(small_model(1)), headers=SAFETENSORS)
         assert ok.status_code == 201, ok.text

@@ -20,7 +20,7 @@ from tests.support.federation import federation_config
 
 def _mfcpl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")} | env
-    return subprocess.run([sys.executable, "-m", "coordinator", *args], env=full_env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "mfcpl", *args], env=full_env, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -64,7 +64,7 @@ def test_operator_cli_against_a_server(coordinator: CoordinatorProcess, tmp_path
 
 
 def test_coordinator_commands_do_not_import_torch() -> None:
-    code = ("import sys; from coordinator.cli import build_parser; import coordinator.app; build_parser(); "
+    code = ("import sys; from mfcpl.cli import build_parser; import coordinator.app; build_parser(); "
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

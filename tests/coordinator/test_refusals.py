@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from client_sdk.tensors import LocalPrototypes, encode, encode_model
+from mfcpl.wire.tensors import LocalPrototypes, encode, encode_model
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.federation import (
     SAFETENSORS,
@@ -179,7 +179,7 @@ def test_refusals_change_nothing(small_limits: CoordinatorProcess) -> None:
         assert final["received"] == 2 and final["output_model_version"] == 1
         ups = admin.get(f"/v1/federations/{fid}/rounds/1/updates").json()
         assert sorted(u["client_id"] for u in ups) == sorted([a.id, b.id])
-        from client_sdk.tensors import decode_model
+        from mfcpl.wire.tensors import decode_model
 
         got = decode_model(admin.get(f"/v1/federations/{fid}/models/1/weights").content)
         for name in model:

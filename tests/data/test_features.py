@@ -21,7 +21,7 @@ from client_sdk.data.features import (
 )
 from client_sdk.data.federated import DatasetNotFoundError
 from client_sdk.data.missing import simulate_missing
-from client_sdk.schemas import ModalityKind
+from mfcpl.wire.schemas import ModalityKind
 
 SMALL_MELD = MELD.with_lengths(audio=20, text=6)
 SMALL_HM = HATEFUL_MEMES.with_lengths(text=5)

@@ -9,7 +9,7 @@ from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import ClientShard, FederatedDataset
 from client_sdk.data.missing import MissingSummary, simulate_missing, summarize_missing
 from client_sdk.data.uci_har import UciHar, uci_har_federation
-from client_sdk.schemas import ModalityKind, ModalitySpec
+from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 MODS = ("a", "b", "c")
 
@@ -138,6 +138,6 @@ def test_client_level_q08_on_the_real_partition(uci: UciHar) -> None:
         _, results[seed] = simulate_missing(fed, "client", 0.8, seed=seed)
     got = {s: (r.clients_complete, r.clients_can_train) for s, r in results.items()}
     assert got == EXPECTED_Q08
-    # in line with METHOD.md: 105 * (1 - 0.8**2) = 37.8 can train, 105 * 0.2**2 = 4.2 complete
+    # in line with docs/method.md: 105 * (1 - 0.8**2) = 37.8 can train, 105 * 0.2**2 = 4.2 complete
     assert 30 <= np.mean([v[1] for v in got.values()]) <= 50
     assert 2 <= np.mean([v[0] for v in got.values()]) <= 8

@@ -14,7 +14,7 @@ from client_sdk.data.uci_har import (
     uci_har_federation,
     znormalize_windows,
 )
-from client_sdk.schemas import ModalityKind
+from mfcpl.wire.schemas import ModalityKind
 
 
 @pytest.fixture(scope="module")

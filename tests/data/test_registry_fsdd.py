@@ -12,7 +12,7 @@ from client_sdk.data.fsdd import SPEAKERS, audio_features, fsdd_av_federation, l
 from client_sdk.data.missing import simulate_missing
 from client_sdk.data.registry import DataSource, available_datasets, load_client_data, load_federation
 from client_sdk.data.uci_har import uci_har_federation
-from client_sdk.schemas import ModalityKind
+from mfcpl.wire.schemas import ModalityKind
 
 
 def test_registry_names_and_errors(shared_data_dir: Path) -> None:

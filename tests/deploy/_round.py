@@ -1,6 +1,6 @@
 """Drive one FedAvg round over plain HTTP, spreading the clients over several base URLs (replicas or a proxy).
 
-Only the wire contract is used: client_sdk.schemas for the JSON bodies, client_sdk.tensors for the
+Only the wire contract is used: mfcpl.wire.schemas for the JSON bodies, mfcpl.wire.tensors for the
 safetensors bodies. The new model version is checked against the sample-weighted mean computed here.
 """
 
@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import httpx
 import numpy as np
 
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE, FederationCreate, ModalitySpec
-from client_sdk.tensors import Update, decode_model, encode_model, encode_update
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.schemas import FederationCreate, ModalitySpec
+from mfcpl.wire.tensors import Update, decode_model, encode_model, encode_update
 
 ClientFactory = Callable[[str, str], httpx.Client]  # (base_url, bearer token) -> client
 

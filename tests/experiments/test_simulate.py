@@ -1,6 +1,6 @@
 """The experiment runner end to end: a real embedded coordinator (uvicorn, SQLite) and worker processes.
 
-The protocol of METHOD.md sits at one predicted class for 50-80 rounds, so the learning test uses settings
+The protocol of docs/method.md sits at one predicted class for 50-80 rounds, so the learning test uses settings
 chosen to learn within a short CI run (stated here, not the paper's): 4 subjects as 4 whole clients (a few
 hundred windows each) with 3 local epochs per round, instead of 105 small shards with one epoch.
 """
@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client_sdk.experiments.cli import simulate_main, sweep_main
-from client_sdk.experiments.config import ExperimentConfig, federation_config
-from client_sdk.experiments.runner import prepare_data, run_experiment, run_experiment_inprocess
+from mfcpl.experiments.cli import simulate_main, sweep_main
+from mfcpl.experiments.config import ExperimentConfig, federation_config
+from mfcpl.experiments.runner import prepare_data, run_experiment, run_experiment_inprocess
 
 DATA_DIR = str(Path(__file__).resolve().parents[2].parent / "shared" / "data")
 

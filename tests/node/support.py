@@ -51,9 +51,9 @@ def operator(coordinator: CoordinatorProcess) -> MfcplClient:
 
 
 def mfcpl_command() -> list[str]:
-    """The installed ``mfcpl`` console script next to this interpreter, else ``python -m coordinator``."""
+    """The installed ``mfcpl`` console script next to this interpreter, else ``python -m mfcpl``."""
     script = Path(sys.executable).with_name("mfcpl")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "mfcpl"]
 
 
 def node_environment() -> dict[str, str]:

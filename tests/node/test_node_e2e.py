@@ -2,7 +2,7 @@
 processes train it against a real coordinator on loopback, and the global model learns.
 
 Settings chosen so that the model learns within four rounds on two busy cores (the full FedMultimodal
-protocol needs many rounds, METHOD.md "Dead start"): four nodes, one Dirichlet(5.0) shard of each of subjects
+protocol needs many rounds, docs/method.md "Dead start"): four nodes, one Dirichlet(5.0) shard of each of subjects
 1, 3, 5, 6 (about 45 windows each), a narrow model (d = 32, no dropout), 5 local epochs of batch 8 at lr 0.05,
 every node in every round.
 """
@@ -17,16 +17,9 @@ import pytest
 from client_sdk.data.federated import FederatedDataset
 from client_sdk.data.uci_har import uci_har_federation
 from client_sdk.model import build_model
-from client_sdk.schemas import (
-    Algorithm,
-    FederationCreate,
-    FederationStatus,
-    ModelSettings,
-    RoundState,
-    TrainingConfig,
-)
 from client_sdk.torch_io import load_numpy_weights, model_to_numpy
 from client_sdk.trainer import evaluate
+from mfcpl.wire.schemas import Algorithm, FederationCreate, FederationStatus, ModelSettings, RoundState, TrainingConfig
 from tests.node.support import DATA_DIR, operator, sqlite_coordinator, start_node
 
 SUBJECTS = [1, 3, 5, 6]

@@ -21,8 +21,8 @@ from client_sdk.data.uci_har import MODALITIES
 from client_sdk.errors import NotFoundError
 from client_sdk.model import build_model
 from client_sdk.node import NodeRunner
-from client_sdk.schemas import FederationCreate, FederationStatus, ModelSettings, RoundState, TrainingConfig
 from client_sdk.torch_io import model_to_numpy
+from mfcpl.wire.schemas import FederationCreate, FederationStatus, ModelSettings, RoundState, TrainingConfig
 from tests.node.support import (
     DATA_DIR,
     FAST_CLIENT,

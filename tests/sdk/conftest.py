@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from client_sdk.data import MultimodalArrays
-from client_sdk.schemas import FederationCreate, ModalitySpec
+from mfcpl.wire.schemas import FederationCreate, ModalitySpec
 
 UCI_HAR_NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci_har" / "uci_har.npz"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from client_sdk.model import build_model
-from client_sdk.schemas import FederationCreate
-from client_sdk.tensors import PrototypeTable, decode_model, encode_model
 from client_sdk.torch_io import load_numpy_weights, model_to_numpy, prototypes_to_torch
+from mfcpl.wire.schemas import FederationCreate
+from mfcpl.wire.tensors import PrototypeTable, decode_model, encode_model
 from tests.sdk.conftest import har_config
 
 

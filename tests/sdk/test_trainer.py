@@ -9,9 +9,9 @@ import torch
 from client_sdk.data import MultimodalArrays
 from client_sdk.model import build_model
 from client_sdk.prototypes import local_prototypes
-from client_sdk.schemas import FederationCreate
-from client_sdk.tensors import LocalPrototypes, PrototypeTable
 from client_sdk.trainer import evaluate, train_local
+from mfcpl.wire.schemas import FederationCreate
+from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable
 from tests.sdk.conftest import har_config
 
 

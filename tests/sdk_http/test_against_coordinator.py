@@ -1,4 +1,4 @@
-"""The SDK against the real coordinator (``python -m coordinator serve`` on loopback, SQLite and Postgres):
+"""The SDK against the real coordinator (``python -m mfcpl serve`` on loopback, SQLite and Postgres):
 an operator creates a federation, enrols nodes and uploads model v0; nodes poll, download, submit (one
 answer dropped by a proxy and replayed), the round closes; the new model comes back with a 304 the second
 time; prototypes, metrics, evaluations, events and typed errors."""
@@ -14,7 +14,7 @@ import pytest
 
 from client_sdk.client import MfcplClient
 from client_sdk.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError
-from client_sdk.schemas import (
+from mfcpl.wire.schemas import (
     ClientProfile,
     EvaluationCreate,
     FederationCreate,
@@ -25,7 +25,7 @@ from client_sdk.schemas import (
     Task,
     TaskAction,
 )
-from client_sdk.tensors import LocalPrototypes, Update
+from mfcpl.wire.tensors import LocalPrototypes, Update
 from tests.sdk_http.livehttp import DroppingProxy
 from tests.support.coordinator import CoordinatorProcess
 

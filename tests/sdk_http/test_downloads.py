@@ -11,8 +11,8 @@ from starlette.responses import Response
 
 from client_sdk.client import MfcplClient
 from client_sdk.errors import ContentIntegrityError
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE
-from client_sdk.tensors import PrototypeTable, decode_model, encode_model, encode_prototypes
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.tensors import PrototypeTable, decode_model, encode_model, encode_prototypes
 from tests.sdk_http.livehttp import ScriptedServer
 from tests.sdk_http.wire import json_response, model_version
 

@@ -9,7 +9,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from client_sdk import errors
 from client_sdk.client import MfcplClient
-from client_sdk.schemas import ClientProfile
+from mfcpl.wire.schemas import ClientProfile
 from tests.sdk_http.livehttp import ScriptedServer
 from tests.sdk_http.wire import json_response, problem
 

@@ -49,7 +49,8 @@ class Block(importlib.abc.MetaPathFinder):
         return None
 sys.meta_path.insert(0, Block())
 from client_sdk.client import MfcplClient
-from client_sdk import errors, cache, schemas, tensors
+from client_sdk import errors, cache
+from mfcpl.wire import schemas, tensors
 with MfcplClient("http://127.0.0.1:9", "t") as c:
     assert c.federations and c.models and c.events
 loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)

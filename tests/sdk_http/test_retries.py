@@ -11,8 +11,8 @@ import pytest
 
 from client_sdk.client import MfcplClient
 from client_sdk.errors import APIConnectionError, APITimeoutError, RateLimitError, ServerError
-from client_sdk.schemas import FederationCreate, ModalitySpec
-from client_sdk.tensors import LocalPrototypes, Update, decode_update
+from mfcpl.wire.schemas import FederationCreate, ModalitySpec
+from mfcpl.wire.tensors import LocalPrototypes, Update, decode_update
 from tests.sdk_http.livehttp import DroppingProxy, ScriptedServer
 from tests.sdk_http.wire import federation, json_response, problem, receipt
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from client_sdk.schemas import PROBLEM_CONTENT_TYPE
+from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE
 
 NOW = "2025-01-01T00:00:00Z"
 

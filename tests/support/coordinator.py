@@ -1,4 +1,4 @@
-"""A real coordinator (``python -m coordinator serve``) in a subprocess on a free loopback port.
+"""A real coordinator (``python -m mfcpl serve``) in a subprocess on a free loopback port.
 
 Tests talk to it over HTTP exactly as clients and operators do. The process logs to a file, which is
 quoted in the error when the server fails to become ready.
@@ -76,7 +76,7 @@ class CoordinatorProcess:
             raise RuntimeError("coordinator already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed in _reap
-        cmd = [sys.executable, "-m", "coordinator", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "mfcpl", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(cmd, env=self.environment(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.wait_ready()

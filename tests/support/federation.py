@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from client_sdk.schemas import SAFETENSORS_CONTENT_TYPE
-from client_sdk.tensors import LocalPrototypes, Update, encode_model, encode_update
+from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.tensors import LocalPrototypes, Update, encode_model, encode_update
 
 TENSORS = {"enc.weight": (8, 4), "enc.bias": (8,), "head.weight": (3, 8)}
 SAFETENSORS = {"Content-Type": SAFETENSORS_CONTENT_TYPE}

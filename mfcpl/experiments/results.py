@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from client_sdk.experiments.config import ExperimentConfig
+from mfcpl.experiments.config import ExperimentConfig
 
 SMOOTH_LAST = 10
 
@@ -50,7 +50,7 @@ class RunResult(BaseModel):
             writer.writeheader()
             writer.writerows(self.history)
         try:
-            from client_sdk.experiments.plots import plot_history
+            from mfcpl.experiments.plots import plot_history
 
             plot_history(self.history, out / "f1_per_round.png", title=self.run_id)
         except ImportError:  # matplotlib is optional for headless nodes

@@ -57,7 +57,7 @@ _CODES = {dt: code for code, dt in _DTYPES.items()}
 class TensorFormatError(ValueError):
     """A tensor body that cannot be read, or whose content breaks the documented layout.
 
-    ``code`` is one of the :class:`client_sdk.schemas.ErrorCode` values, so the coordinator can turn it
+    ``code`` is one of the :class:`mfcpl.wire.errors.ErrorCode` values, so the coordinator can turn it
     into a problem document unchanged.
     """
 

@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from client_sdk.schemas import Algorithm, FederationCreate, ModelSettings, TrainingConfig
+from mfcpl.wire.schemas import Algorithm, FederationCreate, ModelSettings, TrainingConfig
 
 MissingMode = Literal["none", "client", "sample"]
 
 
 class ExperimentConfig(BaseModel):
-    """One run. The defaults are the FedMultimodal UCI-HAR protocol of METHOD.md."""
+    """One run. The defaults are the FedMultimodal UCI-HAR protocol of docs/method.md."""
 
     model_config = ConfigDict(extra="forbid")
 

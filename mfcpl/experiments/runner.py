@@ -27,11 +27,11 @@ from client_sdk.client import MfcplClient
 from client_sdk.data.federated import FederatedDataset
 from client_sdk.data.missing import MissingSummary, simulate_missing
 from client_sdk.data.registry import load_federation
-from client_sdk.experiments.config import ExperimentConfig, federation_config
-from client_sdk.experiments.embedded import EmbeddedCoordinator
-from client_sdk.experiments.results import RunResult, summarize_history
-from client_sdk.schemas import EvaluationCreate, FederationCreate, FederationStatus, RoundState
-from client_sdk.tensors import decode_model, encode_model
+from mfcpl.experiments.config import ExperimentConfig, federation_config
+from mfcpl.experiments.embedded import EmbeddedCoordinator
+from mfcpl.experiments.results import RunResult, summarize_history
+from mfcpl.wire.schemas import EvaluationCreate, FederationCreate, FederationStatus, RoundState
+from mfcpl.wire.tensors import decode_model, encode_model
 
 Progress = Callable[[str], None]
 
@@ -73,7 +73,7 @@ def _worker_init(cfg_json: str, fc_json: str, base_url: str | None, device: str 
 
 def _worker_train_http(fid: str, name: str, token: str, expected_round: int) -> dict[str, Any]:
     from client_sdk.node import perform_task
-    from client_sdk.schemas import TaskAction
+    from mfcpl.wire.schemas import TaskAction
 
     clients: dict[str, MfcplClient] = _W["clients"]
     if name not in clients:
@@ -318,7 +318,7 @@ def _progress_line(entry: dict[str, Any], rounds: int) -> str:
 
 def _worker_train_local(name: str, seed: int, model_version: int, model_bytes: bytes,
                         prototype_bytes: bytes | None) -> tuple[str, bytes, dict[str, float]]:
-    from client_sdk.tensors import decode_prototypes, encode_update
+    from mfcpl.wire.tensors import decode_prototypes, encode_update
 
     local = _W["local"]
     weights = decode_model(model_bytes)
@@ -334,9 +334,9 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
     """``run_experiment`` without the coordinator: the baseline that prices the service (HTTP, DB, blobs)."""
     import torch
 
-    from client_sdk.tensors import decode_update, encode_prototypes
     from coordinator.aggregation import aggregate_round, weighted_metrics
     from coordinator.rounds.sampling import client_seed, round_seed, sample_participants
+    from mfcpl.wire.tensors import decode_update, encode_prototypes
 
     torch.set_num_threads(1)
     out = Path(out_dir)
@@ -408,7 +408,7 @@ def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, work
 
 def _prototype_diagnostics(tables: dict[str, Any] | None) -> dict[str, float]:
     """Per level of the complete prototypes after this round: the classes covered and, over those classes,
-    the mean pairwise cosine (near 1 = the prototype space collapsed; see METHOD.md's pitfalls)."""
+    the mean pairwise cosine (near 1 = the prototype space collapsed; see docs/method.md's pitfalls)."""
     out: dict[str, float] = {}
     for level, table in (tables or {}).items():
         covered = np.asarray(table.vectors, dtype=np.float64)[table.coverage]

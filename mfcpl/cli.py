@@ -18,8 +18,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 # Subcommands handed whole to other modules: name -> (module, function).
 PASS_THROUGH = {
     "client": ("client_sdk.node", "main"),
-    "simulate": ("client_sdk.experiments.cli", "simulate_main"),
-    "sweep": ("client_sdk.experiments.cli", "sweep_main"),
+    "simulate": ("mfcpl.experiments.cli", "simulate_main"),
+    "sweep": ("mfcpl.experiments.cli", "sweep_main"),
 }
 
 

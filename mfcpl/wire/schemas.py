@@ -1,11 +1,11 @@
 """The wire format: every JSON body that crosses between the coordinator and the SDK.
 
-This module is the single definition of the REST contract (DESIGN.md, contract 3). The coordinator
+This module is the single definition of the REST contract (docs/design.md, contract 3). The coordinator
 imports it to declare its request/response models; the SDK imports it to build requests and parse
 responses. It depends on pydantic only, never on FastAPI, SQLAlchemy or torch.
 
 Tensors never travel as JSON: model weights, updates and prototype sets are safetensors bodies whose
-layout is defined in :mod:`client_sdk.tensors`.
+layout is defined in :mod:`mfcpl.wire.tensors`.
 
 REST surface (prefix ``/v1``; ``{fid}`` a federation id, ``{r}`` a round number, ``{v}`` a model
 version number or ``latest``). Auth: ``Authorization: Bearer <token>``; "admin" is the operator
@@ -47,11 +47,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-API_PREFIX = "/v1"
-PROBLEM_CONTENT_TYPE = "application/problem+json"
-SAFETENSORS_CONTENT_TYPE = "application/vnd.safetensors"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
@@ -106,7 +101,7 @@ class ModelSettings(_Model):
 
 
 class TrainingConfig(_Model):
-    """Local-training and aggregation hyper-parameters (METHOD.md); every (R) choice is a field."""
+    """Local-training and aggregation hyper-parameters (docs/method.md); every (R) choice is a field."""
 
     local_epochs: int = Field(1, ge=1, le=1000)
     batch_size: int = Field(16, ge=1, le=65536)
@@ -352,27 +347,3 @@ class Problem(BaseModel):
     code: str
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
-
-
-class ErrorCode(StrEnum):
-    BAD_REQUEST = "bad_request"
-    VALIDATION_ERROR = "validation_error"
-    UNAUTHORIZED = "unauthorized"
-    FORBIDDEN = "forbidden"
-    NOT_FOUND = "not_found"
-    CONFLICT = "conflict"
-    PAYLOAD_TOO_LARGE = "payload_too_large"
-    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
-    MALFORMED_TENSORS = "malformed_tensors"
-    MISSING_TENSOR = "missing_tensor"
-    UNKNOWN_TENSOR = "unknown_tensor"
-    SHAPE_MISMATCH = "shape_mismatch"
-    DTYPE_MISMATCH = "dtype_mismatch"
-    NON_FINITE = "non_finite"
-    CLASS_OUT_OF_RANGE = "class_out_of_range"
-    NOT_PARTICIPANT = "not_participant"
-    ROUND_NOT_OPEN = "round_not_open"
-    STALE_ROUND = "stale_round"
-    FEDERATION_NOT_RUNNING = "federation_not_running"
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
-    INTERNAL = "internal_error"

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client_sdk.experiments.config import QUICK_PRESET, ExperimentConfig
-from client_sdk.schemas import Algorithm
+from mfcpl.experiments.config import QUICK_PRESET, ExperimentConfig
+from mfcpl.wire.schemas import Algorithm
 
 DEFAULT_RESULTS_DIR = Path("docs/results/runs")
 
@@ -44,7 +44,7 @@ def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[st
 
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("experiment (defaults: the FedMultimodal UCI-HAR protocol of METHOD.md)")
+    g = p.add_argument_group("experiment (defaults: the FedMultimodal UCI-HAR protocol of docs/method.md)")
     g.add_argument("--dataset", default=None, help="uci_har (default), fsdd_av, ...")
     g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATA_DIR or the user cache)")
     g.add_argument("--alpha", type=float, default=None, help="Dirichlet label skew (default 0.1)")
@@ -126,7 +126,7 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     else:
         cfg = config_from_args(args, args.algorithm, args.missing_rate, args.missing_mode, args.seed)
     out = Path(args.out or Path("runs") / cfg.run_id())
-    from client_sdk.experiments.runner import run_experiment, run_experiment_inprocess
+    from mfcpl.experiments.runner import run_experiment, run_experiment_inprocess
 
     results = []
     if args.in_process or args.compare:
@@ -205,14 +205,14 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
             return 0
         extra = ["--device", args.device] + (["--in-process"] if args.in_process else [])
         _run_all(todo, results_dir, Path(args.runs_dir), args.parallel, extra)
-    from client_sdk.experiments.results import load_results, results_table
+    from mfcpl.experiments.results import load_results, results_table
 
     wanted = {c.run_id() for c in configs}
     results = [r for r in load_results(results_dir.glob("*.json")) if args.all or r.run_id in wanted]
     if args.match:
         results = [r for r in results if any(fnmatch.fnmatchcase(r.run_id, g) for g in args.match)]
     if args.at_round is not None:
-        from client_sdk.experiments.results import truncated
+        from mfcpl.experiments.results import truncated
 
         results = [truncated(r, args.at_round) for r in results]
     table = results_table(results)
@@ -232,7 +232,7 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
     """Turn the checkpointed histories of runs that were cut off into results marked ``partial``."""
     import re
 
-    from client_sdk.experiments.results import summarize_history
+    from mfcpl.experiments.results import summarize_history
 
     for cfg in configs:
         dest = results_dir / f"{cfg.run_id()}.json"
@@ -252,7 +252,7 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
 
 def _curves_plot(results: Sequence[Any], path: Path, metric: str = "dev_macro_f1") -> None:
     """Mean of ``metric`` over seeds per round where the runs recorded it, one line per method (and variant)."""
-    from client_sdk.experiments.plots import plot_curves
+    from mfcpl.experiments.plots import plot_curves
 
     by_label: dict[str, dict[int, list[float]]] = {}
     for r in results:
@@ -277,7 +277,7 @@ def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:
                 .setdefault(q, []).append(r.test_at_best_dev["macro_f1"])
     if not any(len(v) > 1 for v in by_method.values()):
         return
-    from client_sdk.experiments.plots import plot_missing_rate
+    from mfcpl.experiments.plots import plot_missing_rate
 
     points = {m: [(q, statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0) for q, v in qs.items()]
               for m, qs in by_method.items()}
@@ -297,7 +297,7 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
             out.mkdir(parents=True, exist_ok=True)
             log = open(out / "run.log", "wb")  # noqa: SIM115 - handed to the child
             proc = subprocess.Popen(
-                [sys.executable, "-m", "client_sdk.experiments.cli", "simulate", "--config-json",
+                [sys.executable, "-m", "mfcpl.experiments.cli", "simulate", "--config-json",
                  cfg.model_dump_json(), "--out", str(out), "--workers", "1", "--results-dir", str(results_dir),
                  *extra_args],
                 stdout=log, stderr=subprocess.STDOUT)
@@ -325,7 +325,7 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("simulate", "sweep"):
-        print("usage: python -m client_sdk.experiments.cli {simulate,sweep} ...", file=sys.stderr)
+        print("usage: python -m mfcpl.experiments.cli {simulate,sweep} ...", file=sys.stderr)
         return 2
     return simulate_main(argv[1:]) if argv[0] == "simulate" else sweep_main(argv[1:])
 

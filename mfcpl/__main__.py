@@ -1,0 +1,7 @@
+"""``python -m mfcpl ...`` is the ``mfcpl`` command."""
+
+import sys
+
+from mfcpl.cli import main
+
+sys.exit(main())
