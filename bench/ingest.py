@@ -36,7 +36,6 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,13 +45,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from coordinator.process import ServerProcess, server_env
 from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
 from mfcpl.wire.tensors import WEIGHTS_PREFIX, LocalPrototypes, Update, encode_model, encode_update, read_header
 
@@ -69,7 +69,9 @@ MODEL_TENSORS: dict[str, tuple[int, ...]] = {
     "head.weight": (64, 768), "head.bias": (64,),
 }
 SAFETENSORS_HEADERS = {"Content-Type": SAFETENSORS_CONTENT_TYPE}
-UVICORN_OPTIONS = ["--http", "httptools", "--log-level", "warning", "--no-access-log", "--host", "127.0.0.1"]
+# Both servers: python -m uvicorn APP --host 127.0.0.1 --http httptools --workers N --log-level warning --no-access-log
+UVICORN_OPTIONS: dict[str, Any] = {"launcher": "uvicorn", "log_level": "warning", "access_log": False}
+HTTP_IMPL = ["--http", "httptools"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -111,66 +113,11 @@ def distinct_bodies(template: bytes, offset: int, count: int, first_value: int) 
 # ------------------------------------------------------------------------------------------------ servers
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Server:
+class Server(ServerProcess):
     """One uvicorn subprocess; ``cpu_seconds`` reads its user+system time from /proc."""
-
-    name: str
-    app: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready_path: str
-    cwd: Path = REPO
-    workers: int = 1
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "uvicorn", *self.app, *UVICORN_OPTIONS, "--workers", str(self.workers),
-                "--port", str(self.port)]
-
-    def start(self, timeout_s: float = 60.0) -> None:
-        self.launch()
-        self.wait_ready(timeout_s)
-
-    def launch(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), env=self.env, cwd=self.cwd, stdout=log,
-                                            stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.base_url + self.ready_path, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"{self.name} not ready after {timeout_s}s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the server process and of its worker processes (``--workers`` > 1)."""
-        assert self.process is not None
         total = 0
         for stat_path in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -178,36 +125,24 @@ class Server:
             except OSError:
                 continue
             fields = stat[stat.rindex(")") + 2:].split()
-            if int(stat_path.parent.name) == self.process.pid or int(fields[1]) == self.process.pid:  # ppid
+            if int(stat_path.parent.name) == self.pid or int(fields[1]) == self.pid:  # ppid
                 total += int(fields[11]) + int(fields[12])  # utime, stime
         return total / CLK_TCK
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-
-
-def base_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
 
 
 def coordinator_server(work: Path, database_url: str, admin_token: str, source: Path = REPO,
                        extra_env: dict[str, str] | None = None, workers: int = 1) -> Server:
-    env = base_env() | {"MFCPL_DATA_DIR": str(work / "coordinator"), "MFCPL_DATABASE_URL": database_url,
-                        "MFCPL_ADMIN_TOKEN": admin_token} | (extra_env or {})
-    return Server("coordinator", ["coordinator.app:create_app", "--factory"], env, work / "coordinator.log",
-                  "/readyz", cwd=source, workers=workers)
+    env = server_env({"MFCPL_STATE_DIR": str(work / "coordinator"), "MFCPL_DATABASE_URL": database_url,
+                      "MFCPL_ADMIN_TOKEN": admin_token} | (extra_env or {}))
+    # cwd: ``python -m uvicorn`` imports the coordinator package from ``source`` (--coordinator-src)
+    return Server(log_path=work / "coordinator.log", env=env, args=HTTP_IMPL, workers=workers, cwd=source,
+                  **UVICORN_OPTIONS)
 
 
 def bare_server(work: Path, workers: int = 1) -> Server:
-    return Server("bare", ["bare_app:app", "--app-dir", str(REPO / "bench")], base_env(), work / "bare.log",
-                  "/healthz", workers=workers)
+    return Server(log_path=work / "bare.log", env=server_env(), app="bare_app:app",
+                  args=["--app-dir", str(REPO / "bench"), *HTTP_IMPL], workers=workers, cwd=REPO,
+                  ready_path="/healthz", name="bare", **UVICORN_OPTIONS)
 
 
 @contextmanager

@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fed = bench.prepare_federation(server.base_url, token, bench.encode_model(model), n + 1, 1, "stages")
         finally:
             server.stop()
-        os.environ.update(MFCPL_DATA_DIR=str(work / "coordinator"), MFCPL_DATABASE_URL=url, MFCPL_ADMIN_TOKEN=token)
+        os.environ.update(MFCPL_STATE_DIR=str(work / "coordinator"), MFCPL_DATABASE_URL=url, MFCPL_ADMIN_TOKEN=token)
         report(fed, bench.Bodies(model).make(0, n))
     finally:
         shutil.rmtree(work, ignore_errors=True)

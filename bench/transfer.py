@@ -31,21 +31,17 @@ sizes, medians (and min/max) of each timing, and the ratios post / cold download
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import numpy as np
 
+from client_sdk.algorithms import LocalRound, client_algorithm
 from client_sdk.cache import ETagCache, sha256_hex
 from client_sdk.client import MfcplClient
 from client_sdk.data.registry import load_client_data
@@ -53,7 +49,7 @@ from client_sdk.data.uci_har import CLASS_NAMES, MODALITIES
 from client_sdk.model import build_model
 from client_sdk.node import client_profile
 from client_sdk.torch_io import model_to_numpy
-from client_sdk.trainer import prototypes_after_training
+from coordinator.process import ServerProcess, server_env
 from mfcpl.wire.schemas import Algorithm, ClientProfile, FederationCreate, TaskAction
 from mfcpl.wire.tensors import Update, encode_model, encode_update
 
@@ -67,37 +63,13 @@ def uci_har_config(clients: int) -> FederationCreate:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextmanager
 def coordinator(workdir: Path) -> Iterator[tuple[str, str]]:
     """A ``python -m mfcpl serve`` subprocess on a fresh SQLite file; yields (base URL, admin token)."""
-    port, token = free_port(), "admin-" + secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
-    env.update({"MFCPL_DATA_DIR": str(workdir), "MFCPL_ADMIN_TOKEN": token, "MFCPL_TICK_S": "0.1"})
-    log = open(workdir / "coordinator.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "mfcpl", "serve", "--port", str(port), "--log-level",
-                             "warning"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"coordinator did not start:\n{(workdir / 'coordinator.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield url, token
-    finally:
-        proc.terminate()
-        proc.wait(15)
-        log.close()
+    token = "admin-" + secrets.token_hex(16)
+    env = server_env({"MFCPL_STATE_DIR": str(workdir), "MFCPL_ADMIN_TOKEN": token, "MFCPL_TICK_S": "0.1"})
+    with ServerProcess(log_path=workdir / "coordinator.log", env=env, log_level="warning", cwd=REPO) as server:
+        yield server.base_url, token
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -181,7 +153,7 @@ def main() -> int:
     model = build_model(config, seed=0)
     weights = model_to_numpy(model)
     data = load_client_data(f"uci_har:{args.shard}", data_dir=args.data_dir).data
-    prototypes = prototypes_after_training(model, data, Algorithm.MFCPL)
+    prototypes = client_algorithm(Algorithm.MFCPL)(LocalRound(model, config, {}, None)).local_prototypes(data)
     metrics = {"train_loss": 4.2, "train_ce": 1.7, "train_accuracy": 0.3, "train_seconds": 3.1,
                "num_complete": float(len(data)), "local_eval_accuracy": 0.2, "local_eval_macro_f1": 0.1}
     params = sum(int(v.size) for v in weights.values())

@@ -50,6 +50,7 @@ from client_sdk.errors import (
 from mfcpl import __version__
 from mfcpl.wire.constants import API_PREFIX, IDEMPOTENCY_HEADER, SAFETENSORS_CONTENT_TYPE
 from mfcpl.wire.schemas import (
+    FINISHED_STATUSES,
     Client,
     ClientEnroll,
     ClientEnrolled,
@@ -329,15 +330,14 @@ class MfcplClient:
         except PydanticValidationError as exc:
             raise InvalidResponseError(f"GET {path}: response is not a list of {model.__name__}: {exc}") from exc
 
-    def _create(self, path: str, model: type[M], *, idempotency_key: str | None, replay_safe: bool = False,
-                **kwargs: Any) -> M:
+    def _create(self, path: str, model: type[M], *, idempotency_key: str | None, **kwargs: Any) -> M:
         """POST that creates: one Idempotency-Key for the whole logical call, reused by every retry.
 
-        Only updates are deduplicated by the coordinator (``replay_safe``); other creates are retried only
-        when the request cannot have reached it, so a lost answer never creates a second resource.
+        The coordinator deduplicates every creating POST by that key (the same key and body answer the
+        stored result), so a create is retried like a read: a lost answer never creates a second resource.
         """
         key = idempotency_key or str(uuid.uuid4())
-        return self._json("POST", path, model, idempotency_key=key, retry_unsent_only=not replay_safe, **kwargs)
+        return self._json("POST", path, model, idempotency_key=key, **kwargs)
 
     def download_blob(self, path: str, *, expected_sha256: str | None = None) -> bytes:
         """GET a content-addressed tensor body with ``If-None-Match``; 304 reuses the cached bytes.
@@ -544,7 +544,6 @@ class Updates(_Resource):
             content=bytes(content),
             headers={"Content-Type": SAFETENSORS_CONTENT_TYPE},
             idempotency_key=idempotency_key,
-            replay_safe=True,
         )
 
     def list(self, fid: str, round_number: int) -> list[UpdateReceipt]:
@@ -612,8 +611,10 @@ class EventStream:
     """Iterator of :class:`~mfcpl.wire.schemas.Event` from ``/events``; reconnects with ``Last-Event-ID``.
 
     Iteration ends when ``timeout`` seconds have passed (checked between lines, so an idle stream ends at
-    most ``timeout`` after the last connection opened), after ``max_events`` events, or when the server
-    ends the stream and ``reconnect`` is False. ``last_event_id`` holds the id of the last event yielded.
+    most ``timeout`` after the last connection opened), after ``max_events`` events, when the server ends
+    the stream and ``reconnect`` is False, or when the server ends it because the federation is finished
+    (completed or cancelled: checked with one GET of the federation after the server closes a stream).
+    ``last_event_id`` holds the id of the last event yielded.
     """
 
     def __init__(
@@ -627,6 +628,7 @@ class EventStream:
         reconnect: bool = True,
     ) -> None:
         self._client = client
+        self._fid = fid
         self._path = f"{_fed(fid)}/events"
         self.last_event_id = None if last_event_id is None else str(last_event_id)
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -637,6 +639,16 @@ class EventStream:
 
     def _remaining(self) -> float | None:
         return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _federation_finished(self) -> bool:
+        """The server sends every event of a finished federation and then ends the stream: nothing more will come.
+
+        An error here says nothing about the stream (the next connection reports its own), so it counts as
+        not finished."""
+        try:
+            return self._client.federations.get(self._fid).status in FINISHED_STATUSES
+        except MfcplError:
+            return False
 
     def __iter__(self) -> Iterator[Event]:
         yielded = 0
@@ -681,7 +693,7 @@ class EventStream:
                     if self._response is not None:
                         self._response.close()
                         self._response = None
-                if not self._reconnect:
+                if not self._reconnect or self._federation_finished():
                     return
                 # the server ended the stream (or it timed out idle): reconnect after a short pause
                 pause = self._client.backoff_base

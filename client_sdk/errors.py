@@ -16,11 +16,11 @@ Errors raised before any answer arrived are :class:`APIConnectionError` (and its
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 
 import httpx
 from pydantic import ValidationError as _PydanticValidationError
 
+from mfcpl.wire.errors import ERROR_STATUS, GENERIC_CODE, ErrorCode, title_of
 from mfcpl.wire.schemas import Problem
 
 _DETAIL_LIMIT = 2000
@@ -36,6 +36,10 @@ class APIConnectionError(MfcplError):
     def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
         super().__init__(message)
         self.request = request
+
+    def __reduce__(self) -> tuple[type[APIConnectionError], tuple[str]]:
+        # Pickles (for worker pools) without the request, which holds an unpicklable stream.
+        return type(self), (str(self),)
 
 
 class APITimeoutError(APIConnectionError):
@@ -53,11 +57,14 @@ class ContentIntegrityError(InvalidResponseError):
 class APIStatusError(MfcplError):
     """The coordinator answered with an error status; ``problem`` holds its problem details."""
 
-    def __init__(self, problem: Problem, *, response: httpx.Response) -> None:
+    def __init__(self, problem: Problem, *, response: httpx.Response | None, status_code: int | None = None) -> None:
         super().__init__(f"{problem.status} {problem.code}: {problem.detail}")
         self.problem = problem
-        self.response = response
-        self.status_code = response.status_code
+        self.response = response  # None after a pickle round trip (worker pools)
+        self.status_code = response.status_code if response is not None else status_code or problem.status
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return _unpickle_status_error, (type(self), self.problem.model_dump_json(), self.status_code)
 
     @property
     def code(self) -> str:
@@ -66,6 +73,10 @@ class APIStatusError(MfcplError):
     @property
     def detail(self) -> str:
         return self.problem.detail
+
+
+def _unpickle_status_error(cls: type[APIStatusError], problem: str, status_code: int) -> APIStatusError:
+    return cls(Problem.model_validate_json(problem), response=None, status_code=status_code)
 
 
 class BadRequestError(APIStatusError):
@@ -104,15 +115,30 @@ class ServerError(APIStatusError):
     """5xx (after the retries were spent)."""
 
 
-_BY_STATUS: dict[int, type[APIStatusError]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    409: ConflictError,
-    413: PayloadTooLargeError,
-    422: ValidationError,
+class ServiceUnavailableError(ServerError):
+    """503 (after the retries, which honour ``Retry-After``): ``database_busy``, ``database_unavailable``,
+    ``storage_unavailable``, or a proxy without a live replica."""
+
+
+class InsufficientStorageError(ServerError):
+    """507 ``storage_full``: the coordinator cannot store the body until an operator frees space (not retried)."""
+
+
+# The class of each generic code; the status each one answers is the wire table's.
+_BY_CODE: dict[ErrorCode, type[APIStatusError]] = {
+    ErrorCode.BAD_REQUEST: BadRequestError,
+    ErrorCode.UNAUTHORIZED: AuthenticationError,
+    ErrorCode.FORBIDDEN: PermissionDeniedError,
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.CONFLICT: ConflictError,
+    ErrorCode.PAYLOAD_TOO_LARGE: PayloadTooLargeError,
+    ErrorCode.VALIDATION_ERROR: ValidationError,
+}
+# 429 comes from a proxy or rate limiter, never with a coordinator code.
+_BY_STATUS: dict[int, type[APIStatusError]] = {ERROR_STATUS[code]: cls for code, cls in _BY_CODE.items()} | {
     429: RateLimitError,
+    503: ServiceUnavailableError,
+    507: InsufficientStorageError,
 }
 
 
@@ -127,26 +153,17 @@ def error_class_for_status(status: int) -> type[APIStatusError]:
 
 
 def _fallback_code(status: int) -> str:
-    return {
-        400: "bad_request",
-        401: "unauthorized",
-        403: "forbidden",
-        404: "not_found",
-        409: "conflict",
-        413: "payload_too_large",
-        415: "unsupported_media_type",
-        422: "validation_error",
-    }.get(status, "internal_error" if status >= 500 else "http_error")
+    """The code of an answer without one: the status's generic code."""
+    if status in GENERIC_CODE:
+        return str(GENERIC_CODE[status])
+    return str(ErrorCode.INTERNAL) if status >= 500 else "http_error"
 
 
 def problem_from_response(response: httpx.Response) -> Problem:
     """The response's problem document; missing fields are filled from the status (e.g. a plain
     ``{"detail": ...}`` body from a proxy or framework default handler)."""
     status = response.status_code
-    try:
-        title = HTTPStatus(status).phrase
-    except ValueError:
-        title = f"HTTP {status}"
+    title = title_of(status)
     defaults: dict[str, object] = {"title": title, "status": status, "code": _fallback_code(status)}
     try:
         body = json.loads(response.content) if response.content else None

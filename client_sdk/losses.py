@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mfcpl.wire.constants import SHARED_LEVEL
+
 Distance = Literal["l2", "l1", "smooth_l1"]
 CmpcTarget = Literal["shared", "modality"]
 
@@ -114,7 +116,7 @@ def cmpc_loss(
         rows = present[m]
         if not bool(rows.any()):
             continue
-        levels = ["shared"] if target == "shared" else [n for n in u if n != m]
+        levels = [SHARED_LEVEL] if target == "shared" else [n for n in u if n != m]
         for level in levels:
             if level not in prototypes:
                 continue

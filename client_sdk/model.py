@@ -10,45 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mfcpl.wire.schemas import FederationCreate, ModalityKind, ModalitySpec, ModelSettings, TrainingConfig
+from mfcpl.wire.schemas import FederationCreate, ModalityKind, ModalitySpec, ModelSettings, PrototypeSpace
 
-PrototypeSpace = Literal["normalized", "projection", "penultimate"]
-PROTOTYPE_SPACES: tuple[str, ...] = ("normalized", "projection", "penultimate")
+PROTOTYPE_SPACES: tuple[str, ...] = get_args(PrototypeSpace)
 DEFAULT_PROTOTYPE_SPACE: PrototypeSpace = "penultimate"
 MASK_SCORE = -1e5  # attention score of a masked position (finite, so an all-masked row stays NaN-free)
-
-
-def choice_option(training: TrainingConfig, name: str, choices: tuple[str, ...], default: str) -> str:
-    """``training.options[name]``, validated against ``choices``."""
-    value = training.options.get(name, default)
-    if value not in choices:
-        raise ValueError(f"options.{name} must be one of {', '.join(choices)}; got {value!r}")
-    return cast(str, value)
-
-
-def prototype_space_of(training: TrainingConfig) -> PrototypeSpace:
-    """``training.options["prototype_space"]``, validated (default ``penultimate``)."""
-    return cast(PrototypeSpace, choice_option(training, "prototype_space", PROTOTYPE_SPACES, DEFAULT_PROTOTYPE_SPACE))
-
-
-def bool_option(training: TrainingConfig, name: str, default: bool) -> bool:
-    value = training.options.get(name, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"options.{name} must be true or false; got {value!r}")
-    return value
-
-
-def float_option(training: TrainingConfig, name: str, default: float, minimum: float = 0.0) -> float:
-    value = training.options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= minimum:
-        raise ValueError(f"options.{name} must be a number >= {minimum}; got {value!r}")
-    return float(value)
 
 
 @dataclass
@@ -81,6 +53,7 @@ class TimeSeriesEncoder(nn.Module):
             conv = nn.Conv1d(cin, cout, kernel_size=5, padding=2)
             if conv_init == "kaiming":
                 nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                assert conv.bias is not None  # Conv1d's default bias=True
                 nn.init.zeros_(conv.bias)
             blocks += [conv, nn.ReLU(), nn.MaxPool1d(2), nn.Dropout(dropout)]
         self.conv = nn.Sequential(*blocks)
@@ -139,10 +112,15 @@ class TextEncoder(nn.Module):
 
     def __init__(self, path: str, hidden: int, trainable: bool) -> None:
         super().__init__()
-        from transformers import AutoConfig, AutoModel
+        try:
+            from transformers import AutoConfig, AutoModel
+        except ModuleNotFoundError as error:
+            raise ModuleNotFoundError("text modalities need transformers, the `text` extra: "
+                                      "pip install 'mfcpl[text]'", name=error.name) from error
 
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-        self.backbone = AutoModel.from_pretrained(path, local_files_only=True, config=cfg)
+        # safetensors only: a pickled pytorch_model.bin named by a federation config must never be loaded.
+        self.backbone = AutoModel.from_pretrained(path, local_files_only=True, config=cfg, use_safetensors=True)
         self.pad_id = int(getattr(cfg, "pad_token_id", 0) or 0)
         self.trainable = trainable
         if not trainable:
@@ -266,7 +244,7 @@ class MultimodalModel(nn.Module):
         """Run encoder ``name`` on the present rows only; absent rows get zeros and an all-False mask."""
         batch = present.shape[0]
         encoder = self.encoders[name]
-        length = encoder.out_len(self.specs[name].shape)
+        length = encoder.out_len(self.specs[name].shape)  # type: ignore[operator]  # nn.Module attrs: Tensor | Module
         seq = torch.zeros(batch, length, self.hidden_dim, device=present.device)
         valid = torch.zeros(batch, length, dtype=torch.bool, device=present.device)
         rows = present.nonzero(as_tuple=True)[0]
@@ -320,14 +298,14 @@ class MultimodalModel(nn.Module):
 def build_model(config: FederationCreate, seed: int | None = None) -> MultimodalModel:
     """The model a federation declares. With ``seed``, the initial weights are reproducible (the global
     torch RNG is left untouched)."""
-    training = config.training
+    settings = config.model
     kwargs = {
         "modalities": list(config.modalities),
         "num_classes": config.num_classes,
-        "settings": config.model,
-        "prototype_space": prototype_space_of(training),
-        "finetune_text": bool_option(training, "finetune_text_encoder", False),
-        "proto_head_scale": float_option(training, "proto_head_scale", 10.0, minimum=1e-6),
+        "settings": settings,
+        "prototype_space": settings.prototype_space,
+        "finetune_text": settings.finetune_text_encoder,
+        "proto_head_scale": settings.proto_head_scale,
     }
     if seed is None:
         return MultimodalModel(**kwargs)  # type: ignore[arg-type]

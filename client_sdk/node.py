@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", required=True,
                      help="data source: DATASET:SHARD[?options] (e.g. uci_har:s05_k2?missing_rule=client&missing_q=0.8)"
                      " or a feature file / folder#client (see client_sdk.data.registry)")
-    run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATA_DIR or ~/.cache/mfcpl)")
+    run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATASETS_DIR or the cache)")
     run.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     run.add_argument("--device", default="cpu", help="torch device for local training (cpu, cuda, cuda:1, ...)")
     run.add_argument("--cache-dir", help="keep downloaded models/prototypes here (ETag cache)")

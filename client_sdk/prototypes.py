@@ -18,6 +18,7 @@ import torch
 
 from client_sdk.data import MultimodalArrays
 from client_sdk.model import MultimodalModel
+from mfcpl.wire.constants import SHARED_LEVEL
 from mfcpl.wire.tensors import LocalPrototypes
 
 SharedFeature = Literal["s", "penultimate"]
@@ -138,21 +139,21 @@ def local_prototypes(
     A level with no eligible sample (e.g. ``shared`` on a client without complete samples) is left out,
     as is every class without an eligible sample.
     """
-    wanted = ["shared", *model.modalities] if levels is None else list(levels)
-    unknown = [lv for lv in wanted if lv != "shared" and lv not in model.modalities]
+    wanted = [SHARED_LEVEL, *model.modalities] if levels is None else list(levels)
+    unknown = [lv for lv in wanted if lv != SHARED_LEVEL and lv not in model.modalities]
     if unknown:
         raise ValueError(f"unknown prototype levels {unknown}; expected 'shared' or one of {model.modalities}")
     emb = embeddings if embeddings is not None else embed(model, data, batch_size)
     has = present_matrix(model, data)
     out: dict[str, LocalPrototypes] = {}
     for level in wanted:
-        if level == "shared":
+        if level == SHARED_LEVEL:
             mask = has.all(axis=1) if shared_from == "complete" else has.any(axis=1)
             vectors = emb.s if shared_feature == "s" else emb.penultimate
         else:
             mask = has[:, model.modalities.index(level)]
             vectors = emb.u[level] if modality_feature == "u" else emb.h[level]
-        protos = class_means(vectors, data.labels, mask)
+        protos = class_means(vectors, data.labels, np.asarray(mask))
         if protos is not None:
             out[level] = protos
     return out

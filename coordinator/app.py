@@ -13,16 +13,19 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from coordinator.clients.router import router as clients_router
 from coordinator.core import Services
+from coordinator.db.engine import database_fault
 from coordinator.db.migrate import upgrade
 from coordinator.events.router import router as events_router
 from coordinator.federations.router import router as federations_router
 from coordinator.health.router import router as health_router
 from coordinator.metrics.router import router as metrics_router
-from coordinator.models.router import router as models_router
-from coordinator.problems import BodySizeLimitMiddleware, install_problem_handlers
+from coordinator.model_versions.router import router as models_router
+from coordinator.openapi import install_openapi
+from coordinator.problems import BodySizeLimitMiddleware, RequestGuardMiddleware, install_problem_handlers
+from coordinator.retention import run_periodically as collect_garbage_periodically
 from coordinator.rounds.router import router as rounds_router
 from coordinator.rounds.router import tasks_router
-from coordinator.rounds.service import tick
+from coordinator.rounds.timer import tick
 from coordinator.settings import Settings, ensure_admin_token
 from coordinator.updates.router import router as updates_router
 from mfcpl import __version__
@@ -60,8 +63,12 @@ async def _round_timer(services: Services) -> None:
     while True:
         try:
             await asyncio.to_thread(tick, services)
-        except Exception:  # the timer must survive a bad tick (database blip, ...)
-            log.exception("round timer tick failed")
+        except Exception as exc:  # the timer must survive a bad tick (database blip, ...)
+            fault = database_fault(exc)
+            if fault is None:
+                log.exception("round timer tick failed")
+            else:  # a known fault, answered 503 to requests meanwhile: no traceback every tick
+                log.warning("round timer tick failed: database %s (%s)", fault, getattr(exc, "orig", exc))
         await asyncio.sleep(services.settings.tick_s)
 
 
@@ -74,21 +81,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.auto_migrate:
             await asyncio.to_thread(upgrade, services.db.engine)
-        timer = asyncio.create_task(_round_timer(services))
+        tasks = [asyncio.create_task(_round_timer(services))]
+        if settings.gc_interval_s > 0:  # blob retention (coordinator/retention.py); safe on every replica
+            tasks.append(asyncio.create_task(collect_garbage_periodically(services)))
         try:
             yield
         finally:
-            timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await timer
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             services.db.dispose()
 
     app = FastAPI(title="mfcpl coordinator", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
                   lifespan=lifespan)
     app.state.services = services
     install_problem_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimitMiddleware, max_json_bytes=settings.max_json_bytes,
                        max_tensor_bytes=settings.max_update_bytes)
+    app.add_middleware(RequestGuardMiddleware, body_read_timeout_s=settings.body_read_timeout_s,
+                       drain_max_bytes=settings.max_update_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["ETag"])

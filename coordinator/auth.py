@@ -36,7 +36,7 @@ class Principal:
 
 
 def _unauthorized(detail: str) -> ProblemError:
-    return ProblemError(401, ErrorCode.UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+    return ProblemError(ErrorCode.UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
 
 def bearer_token(request: Request) -> str:
@@ -72,21 +72,21 @@ def _principal(request: Request, services: Services = Depends(get_services)) -> 
 
 def require_admin(principal: Principal = Depends(_principal)) -> Principal:
     if not principal.is_admin:
-        raise ProblemError(403, ErrorCode.FORBIDDEN, "this endpoint needs the operator (admin) token")
+        raise ProblemError(ErrorCode.FORBIDDEN, "this endpoint needs the operator (admin) token")
     return principal
 
 
 def require_reader(fid: str, principal: Principal = Depends(_principal)) -> Principal:
     """Admin, or a client of federation ``fid``."""
     if not principal.is_admin and principal.federation_id != fid:
-        raise ProblemError(403, ErrorCode.FORBIDDEN, f"this client token is not valid for federation {fid}")
+        raise ProblemError(ErrorCode.FORBIDDEN, f"this client token is not valid for federation {fid}")
     return principal
 
 
 def require_client(fid: str, principal: Principal = Depends(_principal)) -> Principal:
     """A client of federation ``fid`` (not the admin)."""
     if principal.is_admin:
-        raise ProblemError(403, ErrorCode.FORBIDDEN, "this endpoint needs a client token, not the admin token")
+        raise ProblemError(ErrorCode.FORBIDDEN, "this endpoint needs a client token, not the admin token")
     if principal.federation_id != fid:
-        raise ProblemError(403, ErrorCode.FORBIDDEN, f"this client token is not valid for federation {fid}")
+        raise ProblemError(ErrorCode.FORBIDDEN, f"this client token is not valid for federation {fid}")
     return principal

@@ -7,6 +7,8 @@ from typing import Any, Protocol
 
 from fastapi import Request, Response
 
+from coordinator.blobs import Buffer
+from coordinator.numbers import NumberTextError, parse_ascii_int
 from coordinator.problems import TENSOR_CONTENT_TYPES, ProblemError
 from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
 from mfcpl.wire.errors import ErrorCode
@@ -15,42 +17,31 @@ from mfcpl.wire.errors import ErrorCode
 def require_tensor_media_type(request: Request) -> None:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type not in TENSOR_CONTENT_TYPES:
-        raise ProblemError(415, ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+        raise ProblemError(ErrorCode.UNSUPPORTED_MEDIA_TYPE,
                            f"send the body as {SAFETENSORS_CONTENT_TYPE} (got {content_type or 'no Content-Type'})")
 
 
 async def read_capped_body(request: Request, limit: int, hasher: Any = None) -> bytearray:
-    """The whole body in one preallocated buffer when Content-Length is given; 413 past ``limit``.
+    """The whole body in one buffer that grows as the bytes arrive; 413 past ``limit``.
 
+    Nothing is allocated for a declared Content-Length: memory follows the bytes received, so a client that
+    declares 256 MiB and sends 16 bytes costs 16 bytes. 400 when the body is shorter or longer than declared.
     ``hasher`` (a hashlib object) is fed chunk by chunk, so hashing overlaps the transfer instead of
     following it.
     """
-    declared = request.headers.get("content-length")
-    too_large = ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
-    if declared is not None and declared.isdigit():
-        size = int(declared)
-        if size > limit:
-            raise too_large
-        buf = bytearray(size)
-        pos = 0
-        async for chunk in request.stream():
-            end = pos + len(chunk)
-            if end > size:
-                raise ProblemError(400, ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
-            buf[pos:end] = chunk
-            pos = end
-            if hasher is not None:
-                hasher.update(chunk)
-        if pos != size:
-            raise ProblemError(400, ErrorCode.BAD_REQUEST, f"body ended after {pos} of {size} bytes")
-        return buf
+    size = check_declared_length(request, limit)
+    cap = limit if size is None else size
     buf = bytearray()
     async for chunk in request.stream():
+        if len(buf) + len(chunk) > cap:
+            if size is not None:
+                raise ProblemError(ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
+            raise ProblemError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
         buf += chunk
-        if len(buf) > limit:
-            raise too_large
         if hasher is not None:
             hasher.update(chunk)
+    if size is not None and len(buf) != size:
+        raise ProblemError(ErrorCode.BAD_REQUEST, f"body ended after {len(buf)} of {size} bytes")
     return buf
 
 
@@ -68,11 +59,16 @@ SINK_BATCH_BYTES = 512 * 1024
 def check_declared_length(request: Request, limit: int) -> int | None:
     """The Content-Length, if given; 413 at once when it exceeds ``limit`` (before anything else is done)."""
     declared = request.headers.get("content-length")
-    if declared is None or not declared.isdigit():
+    if declared is None:
         return None
-    size = int(declared)
+    try:
+        size = parse_ascii_int(declared.strip(), maximum=2**63 - 1)
+    except NumberTextError as exc:
+        if not exc.out_of_range:
+            return None
+        size = limit + 1
     if size > limit:
-        raise ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+        raise ProblemError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
     return size
 
 
@@ -93,15 +89,15 @@ async def stream_capped_body(request: Request, limit: int, sink: BodySink) -> in
         received += len(chunk)
         if received > cap:
             if declared is not None:
-                raise ProblemError(400, ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
-            raise ProblemError(413, ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
+                raise ProblemError(ErrorCode.BAD_REQUEST, "body is longer than its Content-Length")
+            raise ProblemError(ErrorCode.PAYLOAD_TOO_LARGE, f"body exceeds the limit of {limit} bytes")
         batch.append(chunk)
         batch_bytes += len(chunk)
         if batch_bytes >= SINK_BATCH_BYTES:
             sink.feed(batch)
             batch, batch_bytes = [], 0
     if declared is not None and received != declared:
-        raise ProblemError(400, ErrorCode.BAD_REQUEST, f"body ended after {received} of {declared} bytes")
+        raise ProblemError(ErrorCode.BAD_REQUEST, f"body ended after {received} of {declared} bytes")
     if batch:
         sink.feed(batch)
     sink.finish()
@@ -120,7 +116,7 @@ def not_modified(request: Request, sha256: str) -> bool:
     return "*" in tags or etag_of(sha256) in tags
 
 
-def blob_response(request: Request, data: bytes | memoryview, sha256: str) -> Response:
+def blob_response(request: Request, data: Buffer, sha256: str) -> Response:
     headers = {"ETag": etag_of(sha256), "Cache-Control": "public, max-age=31536000, immutable"}
     if not_modified(request, sha256):
         return Response(status_code=304, headers=headers)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE
+from fastapi import FastAPI
+
+from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE, SHARED_LEVEL
+from mfcpl.wire.errors import ERROR_STATUS, ErrorCode, title_of
 from mfcpl.wire.schemas import Problem
 
 FID = "fed_3f2a9c1d4b5e6f70"
@@ -12,20 +15,36 @@ CID = "cli_9a8b7c6d5e4f3a21"
 SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 TIME = "2026-01-01T12:00:00Z"
 
-_PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
-    400: {"title": "Bad Request", "status": 400, "code": "bad_request", "detail": "malformed request"},
-    401: {"title": "Unauthorized", "status": 401, "code": "unauthorized", "detail": "unknown token"},
-    403: {"title": "Forbidden", "status": 403, "code": "not_participant",
-          "detail": f"client {CID} was not sampled for round 3"},
-    404: {"title": "Not Found", "status": 404, "code": "not_found", "detail": f"federation {FID} does not exist"},
-    409: {"title": "Conflict", "status": 409, "code": "round_not_open", "detail": "round 3 is closed, not open"},
-    413: {"title": "Content Too Large", "status": 413, "code": "payload_too_large",
-          "detail": "body of 300000000 bytes exceeds the limit of 268435456"},
-    415: {"title": "Unsupported Media Type", "status": 415, "code": "unsupported_media_type",
-          "detail": "send the body as application/vnd.safetensors"},
-    422: {"title": "Unprocessable Content", "status": 422, "code": "shape_mismatch",
-          "detail": "tensor weights/'fc.weight' has shape [6, 64], the model's is [6, 32]"},
+# One example problem per documented status: its code (the status comes from the code table) and a detail.
+_PROBLEM_EXAMPLES: dict[ErrorCode, str] = {
+    ErrorCode.BAD_REQUEST: "malformed request",
+    ErrorCode.UNAUTHORIZED: "unknown token",
+    ErrorCode.NOT_PARTICIPANT: f"client {CID} was not sampled for round 3",
+    ErrorCode.NOT_FOUND: f"federation {FID} does not exist",
+    ErrorCode.ROUND_NOT_OPEN: "round 3 is closed, not open",
+    ErrorCode.PAYLOAD_TOO_LARGE: "body of 300000000 bytes exceeds the limit of 268435456",
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: "send the body as application/vnd.safetensors",
+    ErrorCode.SHAPE_MISMATCH: "tensor weights/'fc.weight' has shape [6, 64], the model's is [6, 32]",
+    ErrorCode.TOO_MANY_REQUESTS: "this token already holds 2 concurrent uploads (the limit per token); retry once "
+    "one has finished",
 }
+
+# The document names 413 and 422 as RFC 9110 does; Python 3.11's reason phrases (the titles the service sends
+# there) are the older "Request Entity Too Large" and "Unprocessable Entity".
+_DOCUMENTED_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
+def problem_example(code: ErrorCode, detail: str) -> dict[str, Any]:
+    """An example problem document for ``code``."""
+    status = ERROR_STATUS[code]
+    return {"title": _DOCUMENTED_TITLES.get(status) or title_of(status), "status": status, "code": str(code),
+            "detail": detail}
+
+
+PROBLEM_EXAMPLES: dict[int, dict[str, Any]] = {
+    ERROR_STATUS[code]: problem_example(code, detail) for code, detail in _PROBLEM_EXAMPLES.items()
+}
+"""The example problem document of each status the routers document."""
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -33,8 +52,8 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         status: {
             "model": Problem,
-            "description": _PROBLEM_EXAMPLES[status]["title"],
-            "content": {PROBLEM_CONTENT_TYPE: {"example": _PROBLEM_EXAMPLES[status]}},
+            "description": PROBLEM_EXAMPLES[status]["title"],
+            "content": {PROBLEM_CONTENT_TYPE: {"example": PROBLEM_EXAMPLES[status]}},
         }
         for status in statuses
     }
@@ -75,7 +94,8 @@ FEDERATION_CREATE_EXAMPLE: dict[str, Any] = {
 }
 
 FEDERATION_EXAMPLE: dict[str, Any] = {
-    "id": FID, "status": "running", "config": FEDERATION_CREATE_EXAMPLE, "current_round": 3,
+    "id": FID, "status": "running", "status_reason": "round 3 open: 4 of 10 updates received (quorum 8)",
+    "config": FEDERATION_CREATE_EXAMPLE, "current_round": 3,
     "latest_model_version": 2, "created_at": TIME, "updated_at": TIME,
 }
 
@@ -103,7 +123,7 @@ MODEL_VERSION_EXAMPLE: dict[str, Any] = {
 
 PROTOTYPE_SET_EXAMPLE: dict[str, Any] = {
     "federation_id": FID, "version": 3, "sha256": SHA, "created_at": TIME,
-    "levels": [{"name": "shared", "dim": 128, "coverage": [True, True, False, True, True, True],
+    "levels": [{"name": SHARED_LEVEL, "dim": 128, "coverage": [True, True, False, True, True, True],
                 "counts": [40.0, 12.0, 0.0, 33.0, 8.0, 19.0]}],
 }
 
@@ -115,3 +135,38 @@ RECEIPT_EXAMPLE: dict[str, Any] = {
 
 def example(value: Any, description: str = "") -> dict[str, Any]:
     return {"content": {"application/json": {"example": value}}, "description": description or "OK"}
+
+
+_BOUND_KEYS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def integer_bounds(node: Any) -> Any:
+    """``node`` (an OpenAPI document or part of one) with the bounds of ``integer`` schemas as JSON integers.
+
+    FastAPI's OpenAPI model types every bound as a float, so ``lt=2**63`` would be published as
+    ``9.223372036854776e+18``; a bound that is a whole number is turned back into an int (exact for the bounds
+    used here, which are small or powers of two).
+    """
+    if isinstance(node, list):
+        return [integer_bounds(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: integer_bounds(value) for key, value in node.items()}
+    if out.get("type") == "integer":
+        for key in _BOUND_KEYS:
+            value = out.get(key)
+            if isinstance(value, float) and value.is_integer():
+                out[key] = int(value)
+    return out
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the generated document with :func:`integer_bounds` applied."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = integer_bounds(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

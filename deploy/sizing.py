@@ -10,12 +10,7 @@ configuration gets a fresh replica, so the peak (VmHWM) belongs to that configur
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -25,16 +20,11 @@ import httpx
 import numpy as np
 import psycopg
 
+from coordinator.process import ServerProcess, free_port, server_env
 from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
 from mfcpl.wire.tensors import Update, encode_model, encode_update
 
 DEPLOY = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def proc_kib(pid: int, field: str) -> int:
@@ -69,20 +59,14 @@ def measure(admin_dsn: str, params: int, clients: int, workdir: Path, blob_store
     host, user = info.get("host", "127.0.0.1"), info.get("user", "postgres")
     url = f"postgresql+psycopg://{user}@{host}:{info.get('port', 5432)}/{name}"
     port, token = free_port(), secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MFCPL_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", MFCPL_DATABASE_URL=url,
-               MFCPL_DATA_DIR=str(workdir / name), MFCPL_BLOB_STORE=blob_store, MFCPL_ADMIN_TOKEN=token,
-               MFCPL_HOST="127.0.0.1", MFCPL_PORT=str(port), MFCPL_WORKERS="1", MFCPL_TICK_S="0.2")
-    log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115
-    server = subprocess.Popen(["sh", str(DEPLOY / "start.sh")], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    env = server_env({"MFCPL_DATABASE_URL": url, "MFCPL_STATE_DIR": str(workdir / name), "MFCPL_BLOB_STORE": blob_store,
+                      "MFCPL_ADMIN_TOKEN": token, "MFCPL_HOST": "127.0.0.1", "MFCPL_PORT": str(port),
+                      "MFCPL_WORKERS": "1", "MFCPL_TICK_S": "0.2"}, venv_on_path=True)
+    server = ServerProcess(command=["sh", str(DEPLOY / "start.sh")], port=port, env=env,
+                           log_path=workdir / f"{name}.log", poll_s=0.1, stop_timeout_s=60.0, name="replica")
+    base = server.base_url
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        server.start()
         idle_kib = proc_kib(server.pid, "VmRSS")
         sampler = PeakSampler(server.pid)
         sampler.start()
@@ -131,9 +115,7 @@ def measure(admin_dsn: str, params: int, clients: int, workdir: Path, blob_store
                 "peak_anon_mb": sampler.peak_anon_kib / 1024,
                 "db_growth_mb": (db_after - db_before) / 1e6}
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(60)
-        log.close()
+        server.stop()
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -52,7 +52,9 @@ esac
 
 echo "mfcpl-start: serving on $MFCPL_HOST:$MFCPL_PORT with $MFCPL_WORKERS workers" >&2
 # exec: uvicorn becomes this process, so SIGTERM from the runtime reaches it directly.
+# --http: uvicorn's httptools protocol plus a header read timeout (MFCPL_HEADER_READ_TIMEOUT_S, docs/operations.md).
 exec uvicorn coordinator.app:create_app --factory \
+  --http coordinator.http_protocol:HeaderTimeoutHttpToolsProtocol \
   --host "$MFCPL_HOST" \
   --port "$MFCPL_PORT" \
   --workers "$MFCPL_WORKERS" \

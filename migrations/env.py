@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection
 
+from coordinator.db.engine import make_engine
 from coordinator.db.registry import metadata
 
 config = context.config
@@ -31,7 +32,7 @@ def run_migrations_online() -> None:
         from coordinator.settings import Settings
 
         url = Settings().db_url
-    engine = create_engine(url)
+    engine = make_engine(url)
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()

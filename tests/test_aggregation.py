@@ -320,7 +320,7 @@ def test_aggregate_round_matches_its_parts_and_keeps_dtypes() -> None:
     fedavg = aggregate_round(FederationCreate(**base, algorithm="fedavg"), bodies, dtypes)
     expected = weighted_average(bodies)
     assert np.array_equal(fedavg.weights["w"], expected["w"]) and fedavg.weights["n"].dtype == np.int64
-    assert fedavg.momentum is None
+    assert fedavg.state is None
     assert fedavg.prototypes is not None and fedavg.prototypes["shared"].counts.tolist() == [10.0, 30.0, 0.0]
 
     config = FederationCreate(**base, algorithm="fedopt")
@@ -328,4 +328,4 @@ def test_aggregate_round_matches_its_parts_and_keeps_dtypes() -> None:
         aggregate_round(config, bodies, dtypes)
     fedopt = aggregate_round(config, bodies, dtypes, global_weights=model)
     new, momentum = fedopt_step(model, expected, None, config.training.server_lr, config.training.server_momentum)
-    assert np.allclose(fedopt.weights["w"], new["w"]) and fedopt.momentum is not None
+    assert np.allclose(fedopt.weights["w"], new["w"]) and fedopt.state is not None

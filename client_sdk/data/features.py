@@ -349,7 +349,7 @@ def save_feature_file(
         p.write_bytes(st.encode({k: np.ascontiguousarray(v) for k, v in tensors.items()}, meta))
     elif p.suffix == ".npz":
         extra = {"client_names": np.array(list(client_names), dtype=str)} if client_names is not None else {}
-        np.savez(p, **tensors, **extra)
+        np.savez(p, **tensors, **extra)  # type: ignore[arg-type]  # numpy's stub: a key might be allow_pickle
     else:
         raise FeatureFormatError(f"{p}: unsupported file type (use {' or '.join(FILE_SUFFIXES)})")
     return p

@@ -11,7 +11,7 @@ import numpy as np
 from client_sdk.data.arrays import MultimodalArrays
 from mfcpl.wire.schemas import ModalitySpec
 
-DATA_DIR_ENV = "MFCPL_DATA_DIR"
+DATA_DIR_ENV = "MFCPL_DATASETS_DIR"  # the coordinator's own state folder is MFCPL_STATE_DIR
 DEFAULT_CACHE_DIR = Path("~/.cache/mfcpl/datasets")
 
 
@@ -20,7 +20,7 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where datasets live: the argument, else ``$MFCPL_DATA_DIR``, else ``~/.cache/mfcpl/datasets``."""
+    """Where datasets live: the argument, else ``$MFCPL_DATASETS_DIR``, else ``~/.cache/mfcpl/datasets``."""
     if data_dir is not None:
         return Path(data_dir).expanduser()
     env = os.environ.get(DATA_DIR_ENV)

@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m client_sdk.data missing", description=main.__doc__)
     parser.add_argument("--dataset", default="uci_har")
-    parser.add_argument("--data-dir", help="folder holding the datasets (default: $MFCPL_DATA_DIR or the cache)")
+    parser.add_argument("--data-dir", help="folder holding the datasets (default: $MFCPL_DATASETS_DIR or the cache)")
     parser.add_argument("--rule", default="client", choices=[r.value for r in MissingRule])
     parser.add_argument("--q", type=float, default=0.8)
     parser.add_argument("--alpha", type=float, default=0.1, help="Dirichlet alpha (uci_har)")

@@ -77,7 +77,7 @@ def _split_missing(options: dict[str, object]) -> tuple[MissingRule, float, int 
 
 def load_federation(name: str, data_dir: str | os.PathLike[str] | None = None, **options: object) -> FederatedDataset:
     """The federated dataset ``name`` (see :func:`available_datasets`) from ``data_dir`` (default:
-    ``$MFCPL_DATA_DIR``, else ``~/.cache/mfcpl/datasets``), with the loader's ``options`` and, optionally,
+    ``$MFCPL_DATASETS_DIR``, else ``~/.cache/mfcpl/datasets``), with the loader's ``options`` and, optionally,
     missing modalities (``missing_rule``, ``missing_q``, ``missing_seed``)."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r} (known: {', '.join(available_datasets())})")

@@ -512,12 +512,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m client_sdk.data uci_har", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch = sub.add_parser("fetch", help="download the official zip into <data dir>/uci_har")
-    fetch.add_argument("--dest", help="target folder (default: $MFCPL_DATA_DIR or ~/.cache/mfcpl/datasets, + /uci_har)")
+    fetch.add_argument("--dest", help="target folder (default: $MFCPL_DATASETS_DIR or the cache, + /uci_har)")
     fetch.add_argument("--url", default=OFFICIAL_URL)
     fetch.add_argument("--sha256", help="expected checksum of the download")
     fetch.add_argument("--force", action="store_true", help="download again even if the file exists")
     info = sub.add_parser("info", help="load the dataset and print its counts")
-    info.add_argument("--data-dir", help="folder holding uci_har/ (default: $MFCPL_DATA_DIR or the cache)")
+    info.add_argument("--data-dir", help="folder holding uci_har/ (default: $MFCPL_DATASETS_DIR or the cache)")
     args = parser.parse_args(argv)
     try:
         if args.command == "fetch":

@@ -118,7 +118,8 @@ def _finish(acc: np.ndarray, slot: _Slot) -> np.ndarray:
     if target.kind == "b":
         return (acc >= 0.5).reshape(slot.shape)
     info = np.iinfo(target)
-    return np.clip(np.rint(acc), info.min, info.max).astype(target).reshape(slot.shape)
+    clipped: np.ndarray = np.clip(np.rint(acc), info.min, info.max)
+    return clipped.astype(target).reshape(slot.shape)
 
 
 def weighted_average(sources: Sequence[tuple[Buffer, float]], prefix: str = "weights/") -> dict[str, np.ndarray]:

@@ -8,6 +8,11 @@ For each level (``shared`` or a modality) and class k, over the clients that sen
 Either way the output count is sum_i n_i^k, so both are exact from what is stored. A class nobody sent keeps
 its previous vector and count (count 0 and a zero vector when there is none); a level nobody sent is carried
 over from ``previous`` unchanged. Accumulation is float64, output float32 [C, d] and counts float32 [C].
+
+Nothing overflows silently: the sums are float64 (a float32 count or vector times a float32 count is far inside
+its range), the vectors are means (within the inputs' range) and a summed count past float32's largest value
+(two clients each sending a valid count of 3e38) is refused with ValueError naming the level and class, so
+the round fails visibly instead of storing an Inf count.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import numpy as np
 from mfcpl.wire.tensors import LocalPrototypes, PrototypeTable
 
 PROTOTYPE_WEIGHTINGS = ("count", "mean")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
-def _checked_rows(p: LocalPrototypes, level: str, client: int, num_classes: int) -> tuple[np.ndarray, ...]:
+def _checked_rows(
+    p: LocalPrototypes, level: str, client: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     classes = np.asarray(p.classes)
     vectors = np.asarray(p.vectors)
     counts = np.asarray(p.counts)
@@ -80,6 +88,13 @@ def _aggregate_level(
         weight[classes] += w
         counts[classes] += row_counts
     sent = weight > 0
+    too_large = np.flatnonzero(~(counts <= FLOAT32_MAX))
+    if too_large.size:
+        k = int(too_large[0])
+        raise ValueError(f"level {level!r}, class {k}: prototype counts sum to {counts[k]:.4g}, beyond the float32 "
+                         f"range of a prototype set's counts")
+    if not (np.all(np.isfinite(total)) and np.all(np.isfinite(weight))):
+        raise ValueError(f"level {level!r}: prototype sums overflowed")
     if previous is not None:
         out = _carried(previous, level, num_classes, dim)
     else:

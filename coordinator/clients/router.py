@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
+from fastapi.responses import JSONResponse
 
 from coordinator.auth import Principal, require_admin, require_client
 from coordinator.clients import service
 from coordinator.core import Services, get_services
+from coordinator.idempotency import Created, IdempotencyKey, idempotent
 from coordinator.openapi import CLIENT_EXAMPLE, example, problems
 from mfcpl.wire.schemas import Client, ClientEnroll, ClientEnrolled, ClientProfile
 
@@ -17,12 +19,16 @@ router = APIRouter(prefix="/federations/{fid}/clients", tags=["clients"])
 
 @router.post("", status_code=201, response_model=ClientEnrolled, summary="Enrol a client",
              description="Creates a client and returns its bearer token. **The token is shown only here**; the "
-             "coordinator keeps only its sha256. Names are unique within a federation.",
+             "coordinator keeps only its sha256. Names are unique within a federation. With `Idempotency-Key`, a "
+             "retry by the same admin token answers the same client and token again (409 `idempotency_conflict` for "
+             "a different body).",
              responses={201: example({**CLIENT_EXAMPLE, "modalities": None, "class_counts": None,
                                       "token": "mfcpl_c_..."}), **problems(401, 403, 404, 409, 422)})
 def enroll(fid: str, body: Annotated[ClientEnroll, Body(openapi_examples={"one": {"value": {"name": "node-07"}}})],
-           _: Principal = Depends(require_admin), services: Services = Depends(get_services)) -> ClientEnrolled:
-    return service.enroll(services, fid, body.name)
+           request: Request, idempotency_key: IdempotencyKey = None,
+           _: Principal = Depends(require_admin), services: Services = Depends(get_services)) -> JSONResponse:
+    return idempotent(services, request, idempotency_key, body,
+                      lambda: Created(201, service.enroll(services, fid, body.name), sealed=("token",)))
 
 
 @router.get("", response_model=list[Client], summary="List clients",
@@ -30,8 +36,7 @@ def enroll(fid: str, body: Annotated[ClientEnroll, Body(openapi_examples={"one":
             responses={200: example([CLIENT_EXAMPLE]), **problems(401, 403, 404)})
 def list_clients(fid: str, _: Principal = Depends(require_admin),
                  services: Services = Depends(get_services)) -> list[Client]:
-    with services.db.read() as session:
-        return service.list_clients(session, fid)
+    return service.list_clients(services, fid)
 
 
 @router.get("/me", response_model=Client, summary="The calling client",
@@ -40,8 +45,7 @@ def list_clients(fid: str, _: Principal = Depends(require_admin),
 def me(fid: str, principal: Principal = Depends(require_client),
        services: Services = Depends(get_services)) -> Client:
     assert principal.client_id is not None
-    with services.db.read() as session:
-        return service.client_schema(service.get_row(session, fid, principal.client_id))
+    return service.get_client(services, fid, principal.client_id)
 
 
 @router.put("/me/profile", response_model=Client, summary="Report modalities and class counts",

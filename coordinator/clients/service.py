@@ -30,28 +30,34 @@ def enroll(services: Services, fid: str, name: str) -> ClientEnrolled:
         with services.db.write() as session:
             fed = federations.get_row(session, fid)
             if fed.status in federations.TERMINAL:
-                raise ProblemError(409, ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {fed.status}")
+                raise ProblemError(ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {fed.status}")
             row = ClientRow(id=new_id("cli"), federation_id=fid, name=name, token_hash=token_hash, revoked=False,
                             created_at=utcnow())
             session.add(row)
             session.flush()
     except IntegrityError as exc:
-        raise ProblemError(409, ErrorCode.CONFLICT, f"a client named {name!r} is already enrolled in {fid}") from exc
+        raise ProblemError(ErrorCode.CONFLICT, f"a client named {name!r} is already enrolled in {fid}") from exc
     return ClientEnrolled(**client_schema(row).model_dump(), token=token)
 
 
 def get_row(session: Session, fid: str, cid: str) -> ClientRow:
     row = session.get(ClientRow, cid)
     if row is None or row.federation_id != fid:
-        raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} has no client {cid}")
+        raise ProblemError(ErrorCode.NOT_FOUND, f"federation {fid} has no client {cid}")
     return row
 
 
-def list_clients(session: Session, fid: str) -> list[Client]:
-    federations.get_row(session, fid)
-    rows = session.scalars(select(ClientRow).where(ClientRow.federation_id == fid)
-                           .order_by(ClientRow.created_at, ClientRow.id))
-    return [client_schema(r) for r in rows]
+def get_client(services: Services, fid: str, cid: str) -> Client:
+    with services.db.read() as session:
+        return client_schema(get_row(session, fid, cid))
+
+
+def list_clients(services: Services, fid: str) -> list[Client]:
+    with services.db.read() as session:
+        federations.get_row(session, fid)
+        rows = session.scalars(select(ClientRow).where(ClientRow.federation_id == fid)
+                               .order_by(ClientRow.created_at, ClientRow.id))
+        return [client_schema(r) for r in rows]
 
 
 def revoke(services: Services, fid: str, cid: str) -> Client:
@@ -67,12 +73,12 @@ def check_profile(profile: ClientProfile, config: FederationCreate) -> None:
     declared = {m.name for m in config.modalities}
     unknown = sorted(set(profile.modalities) - declared)
     if unknown:
-        raise ProblemError(422, ErrorCode.VALIDATION_ERROR, f"modality {unknown[0]!r} is not declared by the "
+        raise ProblemError(ErrorCode.VALIDATION_ERROR, f"modality {unknown[0]!r} is not declared by the "
                            f"federation (declared: {sorted(declared)})")
     if len(set(profile.modalities)) != len(profile.modalities):
-        raise ProblemError(422, ErrorCode.VALIDATION_ERROR, "modalities must be distinct")
+        raise ProblemError(ErrorCode.VALIDATION_ERROR, "modalities must be distinct")
     if len(profile.class_counts) != config.num_classes:
-        raise ProblemError(422, ErrorCode.VALIDATION_ERROR, f"class_counts has {len(profile.class_counts)} entries; "
+        raise ProblemError(ErrorCode.VALIDATION_ERROR, f"class_counts has {len(profile.class_counts)} entries; "
                            f"the federation has {config.num_classes} classes")
 
 

@@ -10,6 +10,8 @@ import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -19,17 +21,24 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
-import migrations
-
 log = logging.getLogger("mfcpl.migrate")
 
 ADVISORY_LOCK_KEY = 0x6D6663706C  # "mfcpl"
-MIGRATIONS_DIR = Path(next(iter(migrations.__path__)))  # works for a regular or namespace package
+MIGRATIONS_PACKAGE = "coordinator.migrations"  # the repository's top-level migrations/, installed here
+
+
+@cache
+def migrations_dir() -> Path:
+    """The folder of the Alembic scripts, from the installed package (editable install or wheel)."""
+    location = resources.files(MIGRATIONS_PACKAGE)
+    if not isinstance(location, Path) or not (location / "env.py").is_file():
+        raise RuntimeError(f"the Alembic scripts of {MIGRATIONS_PACKAGE} are not files on disk: {location!r}")
+    return location
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
         config.attributes["connection"] = connection
     return config

@@ -5,14 +5,15 @@ from coordinator.clients.orm import ClientRow
 from coordinator.db.base import Base
 from coordinator.events.orm import EventRow
 from coordinator.federations.orm import FederationRow
+from coordinator.idempotency import IdempotencyKeyRow
 from coordinator.metrics.orm import EvaluationRow
-from coordinator.models.orm import ModelVersionRow, PrototypeSetRow
+from coordinator.model_versions.orm import ModelVersionRow, PrototypeSetRow
 from coordinator.rounds.orm import RoundRow
 from coordinator.updates.orm import UpdateRow
 
 metadata = Base.metadata
 
 __all__ = [
-    "BlobRow", "ClientRow", "EvaluationRow", "EventRow", "FederationRow", "ModelVersionRow", "PrototypeSetRow",
-    "RoundRow", "UpdateRow", "metadata",
+    "BlobRow", "ClientRow", "EvaluationRow", "EventRow", "FederationRow", "IdempotencyKeyRow", "ModelVersionRow",
+    "PrototypeSetRow", "RoundRow", "UpdateRow", "metadata",
 ]

@@ -8,7 +8,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from coordinator.core import Services
 from coordinator.events.orm import EventRow
+from coordinator.federations import service as federations
 from coordinator.federations.orm import FederationRow
 from coordinator.timeutil import utcnow
 from mfcpl.wire.schemas import Event, EventType
@@ -36,3 +38,11 @@ def events_after(session: Session, federation_id: str, after: int, limit: int = 
     ).all()
     return [Event(id=r.seq, federation_id=r.federation_id, type=EventType(r.type), round=r.round, data=r.data,
                   created_at=r.created_at) for r in rows]
+
+
+def poll(services: Services, fid: str, after: int) -> tuple[list[Event], bool]:
+    """The events after ``after`` (at most one page), and whether the federation has ended (404 if unknown)."""
+    with services.db.read() as session:
+        events = events_after(session, fid, after)
+        terminal = federations.get_row(session, fid).status in federations.TERMINAL
+    return events, terminal

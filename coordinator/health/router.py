@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Depends, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.core import Services, get_services
-from coordinator.db.migrate import current_revision, head_revision
+from coordinator.health.service import readiness
 from coordinator.observability import REGISTRY
 
 router = APIRouter(tags=["health"])
-logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)  # readyz asks every probe
 
 
 @router.get("/healthz", summary="Liveness", description="200 while the process serves requests.",
@@ -23,24 +20,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _readiness(services: Services) -> tuple[bool, dict[str, str | None]]:
-    head = head_revision()
-    try:
-        with services.db.engine.connect() as conn:
-            current = current_revision(conn)
-    except Exception as exc:  # a readiness probe reports, never raises
-        return False, {"status": "database unreachable", "error": type(exc).__name__}
-    ok = current == head
-    return ok, {"status": "ready" if ok else "schema not at head", "schema": current, "head": head}
-
-
 @router.get("/readyz", summary="Readiness",
-            description="200 when the database answers and its schema is at the migrations' head, else 503.",
+            description="200 when the database answers, its schema is at the migrations' head and the blob store "
+            "can be written (a small temporary file where uploads are spooled), else 503 with the reason: "
+            "`database unreachable` (`database`: `unavailable` or `busy`), `schema not at head`, or "
+            "`storage not writable` (`storage`: the error, e.g. `ENOSPC`, `EROFS`).",
             responses={200: {"content": {"application/json": {"example": {"status": "ready", "schema": "0001",
-                                                                          "head": "0001"}}}},
-                       503: {"description": "Not ready."}})
+                                                                          "head": "0001", "storage": "writable"}}}},
+                       503: {"description": "Not ready.", "content": {"application/json": {"example": {
+                           "status": "storage not writable", "schema": "0001", "head": "0001",
+                           "storage": "ENOSPC"}}}}})
 async def readyz(services: Services = Depends(get_services)) -> JSONResponse:
-    ok, body = await run_in_threadpool(_readiness, services)
+    ok, body = await run_in_threadpool(readiness, services)
     return JSONResponse(body, status_code=200 if ok else 503)
 
 

@@ -31,3 +31,5 @@ class RoundRow(Base):
     # Who is closing it and since when: a crashed closer's claim expires after closing_timeout_s.
     claim_token: Mapped[str | None] = mapped_column(String(40))
     claimed_at: Mapped[datetime | None]
+    # Claims of this round's close so far (a crashed or failed attempt included); bounded by max_close_attempts.
+    close_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

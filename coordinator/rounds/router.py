@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import select
 
 from coordinator.auth import Principal, require_client, require_reader
 from coordinator.core import Services, get_services
-from coordinator.federations import service as federations
 from coordinator.openapi import ROUND_EXAMPLE, TASK_TRAIN_EXAMPLE, example, problems
-from coordinator.problems import ProblemError
-from coordinator.rounds.orm import RoundRow
-from coordinator.rounds.service import round_schema
+from coordinator.rounds import service
 from coordinator.rounds.tasks import next_task
-from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import Round, Task
 
 tasks_router = APIRouter(prefix="/federations/{fid}", tags=["tasks"])
@@ -40,19 +35,11 @@ def get_next_task(fid: str, principal: Principal = Depends(require_client),
             responses={200: example([ROUND_EXAMPLE]), **problems(401, 403, 404)})
 def list_rounds(fid: str, _: Principal = Depends(require_reader),
                 services: Services = Depends(get_services)) -> list[Round]:
-    with services.db.read() as session:
-        federations.get_row(session, fid)
-        rows = session.scalars(select(RoundRow).where(RoundRow.federation_id == fid).order_by(RoundRow.number))
-        return [round_schema(r) for r in rows]
+    return service.list_rounds(services, fid)
 
 
 @router.get("/{r}", response_model=Round, summary="Get a round",
             responses={200: example(ROUND_EXAMPLE), **problems(401, 403, 404)})
 def get_round(fid: str, r: int, _: Principal = Depends(require_reader),
               services: Services = Depends(get_services)) -> Round:
-    with services.db.read() as session:
-        federations.get_row(session, fid)
-        row = session.get(RoundRow, (fid, r))
-        if row is None:
-            raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} has no round {r}")
-        return round_schema(row)
+    return service.get_round(services, fid, r)

@@ -8,8 +8,9 @@ from coordinator.clients.orm import ClientRow
 from coordinator.clients.service import renew_lease
 from coordinator.core import Services
 from coordinator.federations import service as federations
-from coordinator.models.orm import ModelVersionRow
-from coordinator.models.service import latest_prototype_row
+from coordinator.federations.readiness import describe
+from coordinator.model_versions.orm import ModelVersionRow
+from coordinator.model_versions.service import latest_prototype_row
 from coordinator.rounds.orm import RoundRow
 from coordinator.rounds.sampling import client_seed
 from coordinator.timeutil import utcnow
@@ -32,16 +33,19 @@ def next_task(services: Services, fid: str, client_id: str) -> Task:
                                                             RoundRow.state == RoundState.OPEN)
                                      .order_by(RoundRow.number.desc()).limit(1)).first()
         if open_round is None:
-            reason = {FederationStatus.WAITING: "waiting for model version 0 and enough live clients",
-                      FederationStatus.PAUSED: "federation paused"}.get(FederationStatus(fed.status),
-                                                                       "no round open")
+            # The federation's status_reason: what it waits for (model version 0, clients), a closing round.
+            reason = describe(session, fid, FederationStatus(fed.status), config, now,
+                              services.settings.max_close_attempts)
             return Task(action=TaskAction.WAIT, federation_id=fid, retry_after_s=tick, reason=reason)
         remaining = (open_round.deadline - now).total_seconds()
         retry = max(MIN_RETRY_S, min(tick, remaining))
         if client_id not in open_round.participants:
             # Nothing to do until the next round opens: one tick, not the deadline-driven short retry.
+            modalities = session.scalar(select(ClientRow.modalities).where(ClientRow.id == client_id))
+            reason = ("not sampled: this client reported no modality, so it cannot train"
+                      if modalities is not None and not modalities else "not sampled for this round")
             return Task(action=TaskAction.WAIT, federation_id=fid, round=open_round.number,
-                        retry_after_s=max(MIN_RETRY_S, tick), reason="not sampled for this round")
+                        retry_after_s=max(MIN_RETRY_S, tick), reason=reason)
         if remaining <= 0:
             return Task(action=TaskAction.WAIT, federation_id=fid, round=open_round.number,
                         retry_after_s=max(MIN_RETRY_S, tick), reason="the round's deadline has passed")

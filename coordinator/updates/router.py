@@ -12,12 +12,13 @@ from starlette.background import BackgroundTask
 from coordinator.auth import Principal, require_admin, require_client
 from coordinator.bodies import check_declared_length, require_tensor_media_type, stream_capped_body
 from coordinator.core import Services, get_services
+from coordinator.limits import UPDATE_UPLOAD_SLOT
 from coordinator.observability import UPDATE_BYTES, UPDATE_REFUSALS, UPDATES
 from coordinator.openapi import RECEIPT_EXAMPLE, SAFETENSORS_BODY, example, problems
 from coordinator.problems import ProblemError
-from coordinator.rounds.service import close_if_due
+from coordinator.rounds.closing import close_if_due
 from coordinator.updates import service
-from mfcpl.wire.constants import IDEMPOTENCY_HEADER
+from mfcpl.wire.constants import IDEMPOTENCY_HEADER, SHARED_LEVEL
 from mfcpl.wire.schemas import UpdateReceipt
 
 router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["updates"])
@@ -26,23 +27,26 @@ router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["update
 @router.post(
     "", status_code=201, response_model=UpdateReceipt, summary="Submit an update for a round",
     description="The body is a safetensors document (`mfcpl.update.v1`): `weights/<name>` for every tensor of the "
-    "round's input model (same shapes and dtypes), optional local prototypes per level (`shared` or a declared "
-    "modality) with class ids and counts, metadata `num_samples`, `base_model_version` and `metrics`.\n\n"
+    "round's input model (same shapes and dtypes), optional local prototypes per level "
+    f"(`{SHARED_LEVEL}` or a declared modality) with class ids and counts, metadata `num_samples`, "
+    "`base_model_version` and `metrics`.\n\n"
     "The update is acknowledged (201) only after its bytes and its row are durably committed. Repeating the same "
     "body (or the same `Idempotency-Key`) answers 200 with `replayed: true`, even after the round closed; a "
     "different body for the same client and round is refused (409 `idempotency_conflict`). Refusals change "
     "nothing: 401 bad token, 403 `not_participant`, 404 unknown round, 409 `round_not_open` / `stale_round` / "
     "`federation_not_running`, 413 too large, 415 wrong media type, 422 `malformed_tensors`, `missing_tensor`, "
-    "`unknown_tensor`, `shape_mismatch`, `dtype_mismatch`, `non_finite`, `class_out_of_range`.",
+    "`unknown_tensor`, `shape_mismatch`, `dtype_mismatch`, `non_finite`, `class_out_of_range`, 429 "
+    "`too_many_requests` (this token already has `max_uploads_per_token` uploads in flight; `Retry-After`).",
     openapi_extra=SAFETENSORS_BODY,
     responses={201: example(RECEIPT_EXAMPLE, "Accepted and durable."),
                200: example(RECEIPT_EXAMPLE | {"replayed": True}, "A replay of an accepted update."),
-               **problems(401, 403, 404, 409, 413, 415, 422)},
+               **problems(401, 403, 404, 409, 413, 415, 422, 429)},
 )
 async def post_update(
     fid: str, r: int, request: Request,
     idempotency_key: Annotated[str | None, Header(alias=IDEMPOTENCY_HEADER, max_length=200)] = None,
     principal: Principal = Depends(require_client), services: Services = Depends(get_services),
+    _slot: None = UPDATE_UPLOAD_SLOT,
 ) -> JSONResponse:
     assert principal.client_id is not None
     try:
@@ -75,5 +79,4 @@ async def post_update(
             responses={200: example([RECEIPT_EXAMPLE]), **problems(401, 403, 404)})
 def list_updates(fid: str, r: int, _: Principal = Depends(require_admin),
                  services: Services = Depends(get_services)) -> list[UpdateReceipt]:
-    with services.db.read() as session:
-        return service.list_updates(session, fid, r)
+    return service.list_updates(services, fid, r)

@@ -38,9 +38,10 @@ from coordinator.clients.service import renew_lease
 from coordinator.core import Services
 from coordinator.db.engine import Database
 from coordinator.events.service import emit
+from coordinator.facts import RoundFacts
 from coordinator.federations import service as federations
 from coordinator.federations.orm import FederationRow
-from coordinator.models.service import latest_prototype_row, model_specs
+from coordinator.model_versions.service import latest_prototype_row, model_specs
 from coordinator.problems import ProblemError
 from coordinator.rounds.orm import RoundRow
 from coordinator.timeutil import new_id, utcnow
@@ -55,15 +56,6 @@ class IngestResult:
     receipt: UpdateReceipt
     created: bool
     round_complete: bool = False
-
-
-@dataclass(frozen=True)
-class RoundFacts:
-    """What never changes once a round exists (cached per process, so safe with several replicas)."""
-
-    participants: frozenset[str]
-    count: int
-    input_model_version: int
 
 
 @dataclass(frozen=True)
@@ -95,7 +87,7 @@ def _replay(session: Session, fid: str, number: int, client_id: str, sha256: str
         if keyed is not None:
             if keyed.sha256 == sha256 and keyed.round == number and keyed.federation_id == fid:
                 return receipt_of(keyed, replayed=True)
-            raise ProblemError(409, ErrorCode.IDEMPOTENCY_CONFLICT,
+            raise ProblemError(ErrorCode.IDEMPOTENCY_CONFLICT,
                                f"Idempotency-Key {idempotency_key!r} was already used for a different update "
                                f"(round {keyed.round}, sha256 {keyed.sha256[:12]}...)")
     existing = session.scalars(select(UpdateRow).where(UpdateRow.federation_id == fid, UpdateRow.round == number,
@@ -104,7 +96,7 @@ def _replay(session: Session, fid: str, number: int, client_id: str, sha256: str
         return None
     if existing.sha256 == sha256:
         return receipt_of(existing, replayed=True)
-    raise ProblemError(409, ErrorCode.IDEMPOTENCY_CONFLICT,
+    raise ProblemError(ErrorCode.IDEMPOTENCY_CONFLICT,
                        f"this client already has a different update accepted for round {number} "
                        f"(sha256 {existing.sha256[:12]}...); an update cannot be replaced")
 
@@ -112,35 +104,31 @@ def _replay(session: Session, fid: str, number: int, client_id: str, sha256: str
 # ---------------------------------------------------------------------------------------------- admission
 
 
-def _round_facts(services: Services, fid: str, number: int) -> RoundFacts | None:
-    return services.cached(("round-facts", fid, number))
-
-
 def _check_round(session: Session, fid: str, number: int, client_id: str, status: str | None, state: str | None,
                  deadline: datetime | None, facts: RoundFacts | None) -> None:
     """Refuse an update for a finished federation, an unknown, closed or late round, or a non-participant."""
     if status is None:
-        raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} does not exist")
+        raise ProblemError(ErrorCode.NOT_FOUND, f"federation {fid} does not exist")
     if status in federations.TERMINAL:
-        raise ProblemError(409, ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {status}")
+        raise ProblemError(ErrorCode.FEDERATION_NOT_RUNNING, f"federation {fid} is {status}")
     if state is None or deadline is None or facts is None:
-        raise ProblemError(404, ErrorCode.NOT_FOUND, f"federation {fid} has no round {number}")
+        raise ProblemError(ErrorCode.NOT_FOUND, f"federation {fid} has no round {number}")
     if state != RoundState.OPEN:
         latest = session.scalar(select(func.max(RoundRow.number)).where(RoundRow.federation_id == fid))
         if latest is not None and latest > number:
-            raise ProblemError(409, ErrorCode.STALE_ROUND, f"round {number} is {state}; round {latest} is the "
+            raise ProblemError(ErrorCode.STALE_ROUND, f"round {number} is {state}; round {latest} is the "
                                "current one")
-        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} is {state}, not open")
+        raise ProblemError(ErrorCode.ROUND_NOT_OPEN, f"round {number} is {state}, not open")
     if deadline <= utcnow():
-        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} passed its deadline "
+        raise ProblemError(ErrorCode.ROUND_NOT_OPEN, f"round {number} passed its deadline "
                            f"{deadline.isoformat()}")
     if client_id not in facts.participants:
-        raise ProblemError(403, ErrorCode.NOT_PARTICIPANT, f"client {client_id} was not sampled for round {number}")
+        raise ProblemError(ErrorCode.NOT_PARTICIPANT, f"client {client_id} was not sampled for round {number}")
 
 
 def admit(services: Services, fid: str, number: int, client_id: str, idempotency_key: str | None) -> Admission:
     """The checks that need no body, in one SELECT; raises the refusal, if any, before the body is read."""
-    facts = _round_facts(services, fid, number)
+    facts = services.facts.round_facts(fid, number)
     mine = and_(UpdateRow.federation_id == fid, UpdateRow.round == number, UpdateRow.client_id == client_id)
     if idempotency_key is not None:
         mine = or_(mine, and_(UpdateRow.client_id == client_id, UpdateRow.idempotency_key == idempotency_key))
@@ -157,8 +145,8 @@ def admit(services: Services, fid: str, number: int, client_id: str, idempotency
             return Admission(fid, number, client_id, facts, reported=True)
         if facts is None and found is not None and found.state is not None:
             participants = frozenset(found.participants)
-            facts = services.remember(("round-facts", fid, number),
-                                      RoundFacts(participants, len(found.participants), found.input_model_version))
+            facts = services.facts.remember_round_facts(
+                fid, number, RoundFacts(participants, len(found.participants), found.input_model_version))
         status = found.status if found is not None else None
         state = found.state if found is not None else None
         deadline = found.deadline if found is not None else None
@@ -185,12 +173,11 @@ def _lazy_session(services: Services) -> Iterator[Callable[[], Session]]:
 
 def _previous_dims(services: Services, session: Callable[[], Session], fid: str, input_version: int) -> dict[str, int]:
     """Prototype dimension per level of the complete prototypes this round starts from (immutable)."""
-    key = ("prototype-dims", fid, input_version)
-    cached = services.cached(key)
+    cached = services.facts.previous_dims(fid, input_version)
     if cached is None:
         previous = latest_prototype_row(session(), fid, at_most=input_version)
         dims = {level["name"]: int(level["dim"]) for level in previous.levels} if previous is not None else {}
-        cached = services.remember(key, dims)
+        cached = services.facts.remember_previous_dims(fid, input_version, dims)
     return dict(cached)
 
 
@@ -202,8 +189,7 @@ def _expected_dims(services: Services, session: Callable[[], Session], fid: str,
     accepted updates are scanned only when ``levels`` names one not known yet.
     """
     dims = _previous_dims(services, session, fid, input_version)
-    seen_key = ("round-dims", fid, number)
-    for level, d in (services.cached(seen_key) or {}).items():
+    for level, d in (services.facts.round_dims(fid, number) or {}).items():
         dims.setdefault(level, d)
     if levels is None or levels <= dims.keys():
         return dims
@@ -221,23 +207,22 @@ def _expected_dims(services: Services, session: Callable[[], Session], fid: str,
 def _remember_round_dims(services: Services, fid: str, number: int, dims: Mapping[str, int]) -> None:
     if not dims:
         return
-    key = ("round-dims", fid, number)
-    known = dict(services.cached(key) or {})
+    known = dict(services.facts.round_dims(fid, number) or {})
     if dims.keys() <= known.keys():
         return
     for level, d in dims.items():
         known.setdefault(level, int(d))
-    services.remember(key, known)
+    services.facts.remember_round_dims(fid, number, known)
 
 
 def _validate(services: Services, admission: Admission, body: Buffer) -> ValidatedUpdate:
     fid, number, facts = admission.fid, admission.number, admission.facts
     assert facts is not None
     with _lazy_session(services) as session:
-        config = services.cached(("config", fid))
+        config = services.facts.config(fid)
         if config is None:
             config = federations.config_of(services, session(), fid)
-        specs = services.cached(("specs", fid, facts.input_model_version))
+        specs = services.facts.model_specs(fid, facts.input_model_version)
         if specs is None:
             specs = model_specs(services, session(), fid, facts.input_model_version)
         modalities = {m.name for m in config.modalities}
@@ -408,7 +393,7 @@ def ingest_upload(services: Services, admission: Admission, upload: BlobUpload,
         answer = _answer_reported(services, admission, sha256, idempotency_key)
         if answer is not None:
             return answer
-        raise ProblemError(409, ErrorCode.ROUND_NOT_OPEN, f"round {number} closed while this update arrived") from None
+        raise ProblemError(ErrorCode.ROUND_NOT_OPEN, f"round {number} closed while this update arrived") from None
     _remember_round_dims(services, fid, number, checked.prototype_dims)
     receipt = UpdateReceipt(id=row["id"], federation_id=fid, round=number, client_id=client_id,
                             num_samples=checked.num_samples, sha256=sha256, size_bytes=size, received_at=now)
@@ -432,11 +417,12 @@ def ingest(services: Services, fid: str, number: int, client_id: str, body: Buff
         upload.close()
 
 
-def list_updates(session: Session, fid: str, number: int) -> list[UpdateReceipt]:
-    federations.get_row(session, fid)
-    rows = session.scalars(select(UpdateRow).where(UpdateRow.federation_id == fid, UpdateRow.round == number)
-                           .order_by(UpdateRow.received_at, UpdateRow.id))
-    return [receipt_of(r) for r in rows]
+def list_updates(services: Services, fid: str, number: int) -> list[UpdateReceipt]:
+    with services.db.read() as session:
+        federations.get_row(session, fid)
+        rows = session.scalars(select(UpdateRow).where(UpdateRow.federation_id == fid, UpdateRow.round == number)
+                               .order_by(UpdateRow.received_at, UpdateRow.id))
+        return [receipt_of(r) for r in rows]
 
 
-__all__ = ["Admission", "IngestResult", "admit", "ingest", "ingest_upload", "list_updates", "receipt_of"]
+__all__ = ["Admission", "IngestResult", "RoundFacts", "admit", "ingest", "ingest_upload", "list_updates", "receipt_of"]

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.models.service import first_non_finite
+from coordinator.model_versions.service import first_non_finite
 from coordinator.problems import ProblemError
+from mfcpl.wire.constants import SHARED_LEVEL
 from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.tensors import (
     PROTO_CLASSES_PREFIX,
@@ -26,8 +27,6 @@ from mfcpl.wire.tensors import (
     tensor_view,
 )
 
-SHARED_LEVEL = "shared"
-
 
 @dataclass(frozen=True)
 class ValidatedUpdate:
@@ -36,27 +35,24 @@ class ValidatedUpdate:
     prototype_dims: dict[str, int]
 
 
-def _refuse(code: ErrorCode, detail: str, status: int = 422) -> ProblemError:
-    return ProblemError(status, code, detail)
-
-
 def _check_weights(header: Header, specs: Mapping[str, list[Any]]) -> None:
     present = {n[len(WEIGHTS_PREFIX):] for n in header.tensors if n.startswith(WEIGHTS_PREFIX)}
     missing = sorted(set(specs) - present)
     if missing:
-        raise _refuse(ErrorCode.MISSING_TENSOR, f"update lacks {len(missing)} model tensor(s), e.g. "
-                      f"{WEIGHTS_PREFIX}{missing[0]!r}")
+        raise ProblemError(ErrorCode.MISSING_TENSOR, f"update lacks {len(missing)} model tensor(s), e.g. "
+                           f"{WEIGHTS_PREFIX}{missing[0]!r}")
     extra = sorted(present - set(specs))
     if extra:
-        raise _refuse(ErrorCode.UNKNOWN_TENSOR, f"tensor {WEIGHTS_PREFIX}{extra[0]!r} is not in the round's model")
+        raise ProblemError(ErrorCode.UNKNOWN_TENSOR,
+                           f"tensor {WEIGHTS_PREFIX}{extra[0]!r} is not in the round's model")
     for name, (dtype, shape) in specs.items():
         info = header.tensors[WEIGHTS_PREFIX + name]
         if info.dtype != dtype:
-            raise _refuse(ErrorCode.DTYPE_MISMATCH, f"tensor {WEIGHTS_PREFIX}{name!r} is {info.dtype}, the model's is "
-                          f"{dtype}")
+            raise ProblemError(ErrorCode.DTYPE_MISMATCH, f"tensor {WEIGHTS_PREFIX}{name!r} is {info.dtype}, the "
+                               f"model's is {dtype}")
         if list(info.shape) != list(shape):
-            raise _refuse(ErrorCode.SHAPE_MISMATCH, f"tensor {WEIGHTS_PREFIX}{name!r} has shape {list(info.shape)}, "
-                          f"the model's is {list(shape)}")
+            raise ProblemError(ErrorCode.SHAPE_MISMATCH, f"tensor {WEIGHTS_PREFIX}{name!r} has shape "
+                               f"{list(info.shape)}, the model's is {list(shape)}")
 
 
 def _prototype_levels(header: Header) -> set[str]:
@@ -69,8 +65,8 @@ def _prototype_levels(header: Header) -> set[str]:
                 levels.add(name[len(prefix):])
                 break
         else:
-            raise _refuse(ErrorCode.UNKNOWN_TENSOR, f"tensor {name!r} is neither weights/, prototypes/, "
-                          "prototype_classes/ nor prototype_counts/")
+            raise ProblemError(ErrorCode.UNKNOWN_TENSOR, f"tensor {name!r} is neither weights/, prototypes/, "
+                               "prototype_classes/ nor prototype_counts/")
     return levels
 
 
@@ -79,39 +75,40 @@ def _check_prototypes(body: Any, header: Header, num_classes: int, allowed_level
     dims: dict[str, int] = {}
     for level in sorted(_prototype_levels(header)):
         if level not in allowed_levels:
-            raise _refuse(ErrorCode.UNKNOWN_TENSOR, f"prototype level {level!r} is neither 'shared' nor a declared "
-                          f"modality ({sorted(allowed_levels - {SHARED_LEVEL})})")
+            raise ProblemError(ErrorCode.UNKNOWN_TENSOR, f"prototype level {level!r} is neither {SHARED_LEVEL!r} nor "
+                               f"a declared modality ({sorted(allowed_levels - {SHARED_LEVEL})})")
         names = (PROTO_PREFIX + level, PROTO_CLASSES_PREFIX + level, PROTO_COUNTS_PREFIX + level)
         for name in names:
             if name not in header.tensors:
-                raise _refuse(ErrorCode.MISSING_TENSOR, f"prototype level {level!r} lacks tensor {name!r}")
+                raise ProblemError(ErrorCode.MISSING_TENSOR, f"prototype level {level!r} lacks tensor {name!r}")
         vectors, classes, counts = (header.tensors[n] for n in names)
         for info, dtype in ((vectors, "F32"), (classes, "I64"), (counts, "F32")):
             if info.dtype != dtype:
-                raise _refuse(ErrorCode.DTYPE_MISMATCH, f"tensor {info.name!r} must be {dtype}, not {info.dtype}")
+                raise ProblemError(ErrorCode.DTYPE_MISMATCH,
+                                   f"tensor {info.name!r} must be {dtype}, not {info.dtype}")
         if len(vectors.shape) != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
-            raise _refuse(ErrorCode.SHAPE_MISMATCH, f"tensor {vectors.name!r} must be [n, d] with n, d >= 1, "
-                          f"got {list(vectors.shape)}")
+            raise ProblemError(ErrorCode.SHAPE_MISMATCH, f"tensor {vectors.name!r} must be [n, d] with n, d >= 1, "
+                               f"got {list(vectors.shape)}")
         n, d = vectors.shape
         for info in (classes, counts):
             if list(info.shape) != [n]:
-                raise _refuse(ErrorCode.SHAPE_MISMATCH, f"tensor {info.name!r} must have shape [{n}], "
-                              f"got {list(info.shape)}")
+                raise ProblemError(ErrorCode.SHAPE_MISMATCH, f"tensor {info.name!r} must have shape [{n}], "
+                                   f"got {list(info.shape)}")
         if level in expected_dims and expected_dims[level] != d:
-            raise _refuse(ErrorCode.SHAPE_MISMATCH, f"prototypes of level {level!r} have dimension {d}, "
-                          f"expected {expected_dims[level]}")
+            raise ProblemError(ErrorCode.SHAPE_MISMATCH, f"prototypes of level {level!r} have dimension {d}, "
+                               f"expected {expected_dims[level]}")
         class_ids = tensor_view(body, classes)
         if class_ids.size and (class_ids.min() < 0 or class_ids.max() >= num_classes):
             bad = int(class_ids[(class_ids < 0) | (class_ids >= num_classes)][0])
-            raise _refuse(ErrorCode.CLASS_OUT_OF_RANGE, f"{classes.name!r} holds class id {bad}, outside "
-                          f"[0, {num_classes})")
+            raise ProblemError(ErrorCode.CLASS_OUT_OF_RANGE, f"{classes.name!r} holds class id {bad}, outside "
+                               f"[0, {num_classes})")
         if np.unique(class_ids).size != class_ids.size:
-            raise _refuse(ErrorCode.MALFORMED_TENSORS, f"{classes.name!r} repeats a class id")
+            raise ProblemError(ErrorCode.MALFORMED_TENSORS, f"{classes.name!r} repeats a class id")
         count_values = tensor_view(body, counts)
         if not np.isfinite(count_values).all():
-            raise _refuse(ErrorCode.NON_FINITE, f"tensor {counts.name!r} holds NaN or Inf")
+            raise ProblemError(ErrorCode.NON_FINITE, f"tensor {counts.name!r} holds NaN or Inf")
         if (count_values <= 0).any():
-            raise _refuse(ErrorCode.MALFORMED_TENSORS, f"{counts.name!r} must be > 0 for every row")
+            raise ProblemError(ErrorCode.MALFORMED_TENSORS, f"{counts.name!r} must be > 0 for every row")
         dims[level] = int(d)
     return dims
 
@@ -124,11 +121,11 @@ def validate_update(body: Any, *, specs: Mapping[str, list[Any]], num_classes: i
     except TensorFormatError as exc:
         raise ProblemError.from_tensor_error(exc) from exc
     if base_version != input_model_version:
-        raise ProblemError(409, ErrorCode.STALE_ROUND, f"update was trained from model version {base_version}; "
+        raise ProblemError(ErrorCode.STALE_ROUND, f"update was trained from model version {base_version}; "
                            f"this round uses version {input_model_version}")
     _check_weights(header, specs)
     dims = _check_prototypes(body, header, num_classes, modalities | {SHARED_LEVEL}, expected_dims)
     bad = first_non_finite(body, header)
     if bad is not None:
-        raise _refuse(ErrorCode.NON_FINITE, f"tensor {bad!r} holds NaN or Inf")
+        raise ProblemError(ErrorCode.NON_FINITE, f"tensor {bad!r} holds NaN or Inf")
     return ValidatedUpdate(num_samples=num_samples, metrics=metrics, prototype_dims=dims)

@@ -5,7 +5,7 @@
 # Usage: bash docs/results/run_grid_gpu.sh ARCHIVE.tgz [ROUNDS] [SECONDS]
 #   env: METHODS (fedavg,fedprox,fedopt,fedproto,mfcpl), SEEDS (1,2,3), DEVICE (cuda), TAG, EXTRA (more sweep
 #   arguments, e.g. "--set training.lambda_cmpr=0.1"), WORK (/tmp/grid).
-#   needs python3 with torch, numpy, pydantic, httpx, matplotlib, and UCI-HAR under $MFCPL_DATA_DIR/uci_har.
+#   needs python3 with torch, numpy, pydantic, httpx, matplotlib, and UCI-HAR under $MFCPL_DATASETS_DIR/uci_har.
 #   Finished runs: results/*.json; every run's history so far (history.partial.json) is kept even when SECONDS
 #   cuts the grid short. Everything is packed into ARCHIVE.tgz.
 set -uo pipefail

@@ -20,6 +20,7 @@ from mfcpl.experiments.config import QUICK_PRESET, ExperimentConfig
 from mfcpl.wire.schemas import Algorithm
 
 DEFAULT_RESULTS_DIR = Path("docs/results/runs")
+EXIT_FEDERATION_STOPPED = 3  # cancelled, paused past the limit, or no round could open (message on stderr)
 
 
 def _parse_value(text: str) -> Any:
@@ -30,7 +31,7 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[str, Any]:
-    """``training.lambda_cmpr=0.1``, ``model.hidden_dim=64``, ``training.options.prototype_space="projection"``."""
+    """``training.lambda_cmpr=0.1``, ``model.hidden_dim=64``, ``model.prototype_space="projection"``."""
     for item in assignments:
         key, sep, value = item.partition("=")
         if not sep:
@@ -46,7 +47,7 @@ def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[st
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("experiment (defaults: the FedMultimodal UCI-HAR protocol of docs/method.md)")
     g.add_argument("--dataset", default=None, help="uci_har (default), fsdd_av, ...")
-    g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATA_DIR or the user cache)")
+    g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATASETS_DIR or the user cache)")
     g.add_argument("--alpha", type=float, default=None, help="Dirichlet label skew (default 0.1)")
     g.add_argument("--max-clients", type=int, default=None, help="use only the first N clients")
     g.add_argument("--subjects", default=None, help="UCI-HAR training subjects, comma-separated (default all 21)")
@@ -57,7 +58,7 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="default 16")
     g.add_argument("--eval-every", type=int, default=None, help="evaluate every N rounds (default 5)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any setting, e.g. training.lambda_cmpr=0.1 or training.options.prototype_space=projection")
+                   help="any setting, e.g. training.lambda_cmpr=0.1 or model.prototype_space=projection")
     g.add_argument("--tag", default=None, help="label that becomes part of the run id")
     g.add_argument("--quick", action="store_true",
                    help=f"a preset that learns within minutes on 2 cores: {json.dumps(QUICK_PRESET)}")
@@ -126,15 +127,19 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     else:
         cfg = config_from_args(args, args.algorithm, args.missing_rate, args.missing_mode, args.seed)
     out = Path(args.out or Path("runs") / cfg.run_id())
-    from mfcpl.experiments.runner import run_experiment, run_experiment_inprocess
+    from mfcpl.experiments.runner import FederationStopped, run_experiment, run_experiment_inprocess
 
     results = []
     if args.in_process or args.compare:
         results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
                                                 workers=args.workers, device=args.device))
     if not args.in_process:
-        results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
-                                      admin_token=args.admin_token, workers=args.workers, device=args.device))
+        try:
+            results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
+                                          admin_token=args.admin_token, workers=args.workers, device=args.device))
+        except FederationStopped as exc:
+            print(f"mfcpl simulate: stopped: {exc.reason}", file=sys.stderr)
+            return EXIT_FEDERATION_STOPPED
     for result in results:
         print(f"\nresult ({result.transport}):")
         _print_result(result)

@@ -6,9 +6,9 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mfcpl.wire.schemas import Algorithm, FederationCreate, ModelSettings, TrainingConfig
+from mfcpl.wire.schemas import Algorithm, FederationCreate, ModelSettings, TrainingConfig, upgrade_legacy_settings
 
 MissingMode = Literal["none", "client", "sample"]
 
@@ -34,6 +34,12 @@ class ExperimentConfig(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict, description="Overrides of TrainingConfig fields.")
     model: dict[str, Any] = Field(default_factory=dict, description="Overrides of ModelSettings fields.")
     tag: str = Field("", description="Free label, part of the run id (e.g. a sweep variant).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_settings(cls, data: Any) -> Any:
+        """Results written before the settings were typed keep ``training.options``; move it to typed fields."""
+        return upgrade_legacy_settings(data)[0] if isinstance(data, dict) else data
 
     def run_id(self) -> str:
         """A stable, readable id: dataset, missing rule, method, seed, plus a hash of everything else."""

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+try:
+    import matplotlib
+except ModuleNotFoundError as error:
+    raise ModuleNotFoundError("plots need matplotlib, the `plots` extra: pip install 'mfcpl[plots]'",
+                              name=error.name) from error
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -34,7 +38,7 @@ def plot_history(history: Sequence[dict[str, Any]], path: Path, title: str = "")
     return path
 
 
-def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, title: str = "",
+def plot_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str = "",
                 ylabel: str = "dev macro-F1 (%)", percent: bool = True) -> Path:
     """Several runs' values per round on one plot (F1 as fractions, shown in percent unless ``percent=False``)."""
     scale = 100 if percent else 1
@@ -55,7 +59,7 @@ def plot_curves(curves: dict[str, Sequence[tuple[int, float]]], path: Path, titl
     return path
 
 
-def plot_missing_rate(points: dict[str, Sequence[tuple[float, float, float]]], path: Path, title: str = "") -> Path:
+def plot_missing_rate(points: Mapping[str, Sequence[tuple[float, float, float]]], path: Path, title: str = "") -> Path:
     """Test macro-F1 per missing rate per method: ``points[method] = [(q, mean, std), ...]`` (fractions)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for method, rows in sorted(points.items()):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import statistics
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mfcpl.experiments.config import ExperimentConfig
+
+log = logging.getLogger("mfcpl.experiments")
 
 SMOOTH_LAST = 10
 
@@ -53,8 +56,8 @@ class RunResult(BaseModel):
             from mfcpl.experiments.plots import plot_history
 
             plot_history(self.history, out / "f1_per_round.png", title=self.run_id)
-        except ImportError:  # matplotlib is optional for headless nodes
-            pass
+        except ImportError as error:  # matplotlib (the `plots` extra) is optional for headless nodes
+            log.warning("no f1_per_round.png: %s", error)
 
 
 def summarize_history(cfg: ExperimentConfig, history: list[dict[str, Any]], *, wall_time_s: float, transport: str,

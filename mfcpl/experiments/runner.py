@@ -9,17 +9,21 @@ process evaluates round r's model on the dev and test sets and records it on the
 
 ``transport="inprocess"`` runs the same clients, sampling and aggregation functions without the server,
 to measure what the service costs.
+
+One round loop (:func:`_run_rounds`) drives both; a :class:`Transport` says how a round opens, trains, closes
+and where its model lives: :class:`HttpTransport` (a coordinator, clients over HTTP) or
+:class:`InProcessTransport` (the coordinator's sampling and aggregation functions called directly).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -30,10 +34,11 @@ from client_sdk.data.registry import load_federation
 from mfcpl.experiments.config import ExperimentConfig, federation_config
 from mfcpl.experiments.embedded import EmbeddedCoordinator
 from mfcpl.experiments.results import RunResult, summarize_history
-from mfcpl.wire.schemas import EvaluationCreate, FederationCreate, FederationStatus, RoundState
+from mfcpl.wire.schemas import EvaluationCreate, Federation, FederationCreate, FederationStatus, RoundState
 from mfcpl.wire.tensors import decode_model, encode_model
 
 Progress = Callable[[str], None]
+Weights = dict[str, np.ndarray]
 
 
 def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummary]:
@@ -86,8 +91,21 @@ def _worker_train_http(fid: str, name: str, token: str, expected_round: int) -> 
     return {"client": name, "metrics": outcome.metrics, "seconds": outcome.seconds}
 
 
+def _worker_train_local(name: str, seed: int, model_version: int, model_bytes: bytes,
+                        prototype_bytes: bytes | None) -> tuple[str, bytes, dict[str, float]]:
+    from mfcpl.wire.tensors import decode_prototypes, encode_update
+
+    local = _W["local"]
+    weights = decode_model(model_bytes)
+    local.load(model_version, "", weights)
+    prototypes = decode_prototypes(prototype_bytes) if prototype_bytes is not None else None
+    t0 = time.perf_counter()
+    update = local.train_update(_W["shards"][name], local.config, weights, prototypes, seed, model_version)
+    return name, encode_update(update), {"train": time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------------------------------------------------
-# The main process
+# The main process: one round loop, two transports
 
 
 @dataclass
@@ -101,7 +119,7 @@ class _Evaluator:
 
         self.local = LocalModel(self.config, threads=1, device=self.device)
 
-    def __call__(self, weights: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    def __call__(self, weights: Weights) -> dict[str, dict[str, float]]:
         from client_sdk.torch_io import load_numpy_weights
         from client_sdk.trainer import evaluate
 
@@ -113,24 +131,81 @@ class _Evaluator:
         }
 
 
-def _initial_weights(config: FederationCreate, seed: int) -> dict[str, np.ndarray]:
+def _initial_weights(config: FederationCreate, seed: int) -> Weights:
     from client_sdk.model import build_model
     from client_sdk.torch_io import model_to_numpy
 
     return model_to_numpy(build_model(config, seed=seed))
 
 
-def run_experiment(
-    cfg: ExperimentConfig,
-    out_dir: str | Path,
-    *,
-    server_url: str | None = None,
-    admin_token: str | None = None,
-    workers: int = 2,
-    device: str = "cpu",
-    progress: Progress = print,
-) -> RunResult:
-    """Run ``cfg`` through a coordinator over HTTP (embedded unless ``server_url``); write ``out_dir``."""
+@dataclass(frozen=True)
+class RunSetup:
+    """What a transport needs to set a run up: the experiment, its federation config and data, model version 0."""
+
+    cfg: ExperimentConfig
+    config: FederationCreate
+    federation: FederatedDataset
+    trainable: list[str]  # names of the clients that can train, sorted
+    initial_weights: Weights
+
+
+@dataclass(frozen=True)
+class OpenRound:
+    number: int
+    participants: list[str]  # client names
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    state: str
+    participants: int
+    received: int
+    fields: dict[str, Any]  # the transport's own history fields, after the common ones
+    model: Any  # the transport's handle on the model the round produced; None when it produced none
+
+
+class Transport(Protocol):
+    """How the round loop reaches the clients and the aggregation."""
+
+    name: str  # RunResult.transport
+    label: str  # in the first progress line
+    federation_id: str | None
+
+    @property
+    def worker_url(self) -> str | None:
+        """The coordinator the worker processes talk to (None: they do not)."""
+
+    def open(self, setup: RunSetup) -> None:
+        """Set the run up (federation, clients, model version 0)."""
+
+    def next_round(self, after: int) -> OpenRound | None:
+        """The round after round ``after`` with its participants, once it is open; None when the run is over."""
+
+    def start_round(self, pool: Pool, opened: OpenRound) -> None:
+        """Hand the participants' training to the worker pool (returns at once)."""
+
+    def finish_round(self, opened: OpenRound) -> ClosedRound:
+        """Wait for the participants' updates and the aggregation."""
+
+    def model_weights(self, model: Any) -> Weights:
+        """The weights of a round's model (``ClosedRound.model``)."""
+
+    def record_evaluation(self, number: int, model: Any, scores: dict[str, dict[str, float]]) -> None:
+        """Keep a round's dev and test scores where the transport keeps results."""
+
+    def final_model(self) -> bytes:
+        """The last model, encoded (safetensors)."""
+
+    def server_history(self) -> list[dict[str, Any]] | None:
+        """The coordinator's per-round metrics (None without a coordinator)."""
+
+    def close(self) -> None:
+        """Release what ``open`` set up (also after a failure part-way)."""
+
+
+def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, workers: int, device: str,
+         progress: Progress) -> RunResult:
+    """Prepare the data, run every round through ``transport``, write ``out_dir``."""
     import torch
 
     torch.set_num_threads(1)
@@ -138,158 +213,80 @@ def run_experiment(
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     federation, summary = prepare_data(cfg)
-    trainable = [c for c in federation.clients if c.can_train]
+    trainable = sorted(c.name for c in federation.clients if c.can_train)
     if not trainable:
         raise RuntimeError(f"no client can train at {cfg.missing_mode}-level q={cfg.missing_rate}")
     config = federation_config(cfg, federation, len(trainable))
-    progress(f"{cfg.run_id()}: {len(federation.clients)} clients, {summary.clients_can_train} can train; "
+    progress(f"{cfg.run_id()}{transport.label}: {len(federation.clients)} clients, {len(trainable)} can train; "
              f"{config.clients_per_round} per round, {cfg.rounds} rounds, {cfg.algorithm}")
-    embedded = None
-    if server_url is None:
-        embedded = EmbeddedCoordinator(out / "coordinator").start()
-        server_url, admin_token = embedded.base_url, embedded.admin_token
     pool: Pool | None = None
     try:
-        admin = MfcplClient(server_url, admin_token, timeout=120.0)
-        fed = admin.federations.create(config)
-        fid = fed.id
-        weights0 = _initial_weights(config, cfg.seed)
-        admin.models.upload_initial(fid, weights0)
-        tokens: dict[str, str] = {}
-        names_by_id: dict[str, str] = {}
-        from client_sdk.node import client_profile
-
-        for shard in federation.clients:
-            enrolled = admin.clients.enroll(fid, shard.name)
-            tokens[shard.name] = enrolled.token
-            names_by_id[enrolled.id] = shard.name
-            with MfcplClient(server_url, enrolled.token, timeout=60.0) as node:
-                node.clients.report_profile(fid, client_profile(shard.data, config.num_classes))
-                node.tasks.next(fid)  # takes the lease
-        ctx = mp.get_context("spawn")
-        pool = ctx.Pool(max(1, workers), initializer=_worker_init,
-                        initargs=(cfg.model_dump_json(), config.model_dump_json(), server_url, device))
+        transport.open(RunSetup(cfg, config, federation, trainable, _initial_weights(config, cfg.seed)))
+        pool = mp.get_context("spawn").Pool(
+            max(1, workers), initializer=_worker_init,
+            initargs=(cfg.model_dump_json(), config.model_dump_json(), transport.worker_url, device))
         evaluator = _Evaluator(federation, config, device)
-        history: list[dict[str, Any]] = []
-        pending: tuple[int, int] | None = None  # (round, model version) awaiting evaluation
-        last_round = 0
-        while True:
-            current = _wait_for_next_round(admin, fid, last_round)
-            if current is None:
-                break
-            number, participants = current
-            round_started = time.perf_counter()
-            jobs: list[AsyncResult[dict[str, Any]]] = [
-                pool.apply_async(_worker_train_http, (fid, names_by_id[cid], tokens[names_by_id[cid]], number))
-                for cid in participants
-            ]
-            if pending is not None:
-                _evaluate_and_record(admin, fid, evaluator, pending, history)
-                progress(_progress_line(history[-1], cfg.rounds))
-                _checkpoint(out, history)
-                pending = None
-            outcomes = [job.get() for job in jobs]
-            closed = _wait_closed(admin, fid, number)
-            entry = _round_entry(closed, outcomes, time.perf_counter() - round_started, time.perf_counter() - started)
-            history.append(entry)
-            last_round = number
-            if closed.state == RoundState.CLOSED and (number % cfg.eval_every == 0 or number >= cfg.rounds):
-                pending = (number, int(closed.output_model_version))
-        if pending is not None:
-            _evaluate_and_record(admin, fid, evaluator, pending, history)
-            progress(_progress_line(history[-1], cfg.rounds))
-        final = admin.models.download(fid, "latest")
-        (out / "final_model.safetensors").write_bytes(encode_model(final.weights))
-        server_history = [m.model_dump(mode="json") for m in admin.metrics.history(fid)]
+        history = _run_rounds(cfg, transport, pool, evaluator, out, started, progress)
+        final_model = transport.final_model()
+        server_history = transport.server_history()
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-        if embedded is not None:
-            embedded.stop()
+        transport.close()
+    (out / "final_model.safetensors").write_bytes(final_model)
     result = summarize_history(
-        cfg, history, wall_time_s=time.perf_counter() - started, transport="http",
-        missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=fid, device=device,
+        cfg, history, wall_time_s=time.perf_counter() - started, transport=transport.name,
+        missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=transport.federation_id,
+        device=device,
     )
     result.write(out, server_history=server_history)
     return result
 
 
-def _poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
-    """``check()`` until it returns something other than None (backing off from 5 ms to 200 ms)."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.005
-    while time.monotonic() < deadline:
-        found = check()
-        if found is not None:
-            return found
-        time.sleep(delay)
-        delay = min(delay * 2, 0.2)
-    raise TimeoutError(f"{what} within {timeout_s}s")
+def _run_rounds(cfg: ExperimentConfig, transport: Transport, pool: Pool, evaluator: _Evaluator, out: Path,
+                started: float, progress: Progress) -> list[dict[str, Any]]:
+    """Every round: its clients train while the previous round's model is evaluated; then it closes."""
+    history: list[dict[str, Any]] = []
+    pending: tuple[dict[str, Any], Any] | None = None  # (history entry, model) awaiting evaluation
+    last_round = 0
+    while (opened := transport.next_round(last_round)) is not None:
+        round_started = time.perf_counter()
+        transport.start_round(pool, opened)
+        if pending is not None:  # evaluate the last round's model while the workers train this one
+            _evaluate(transport, evaluator, *pending)
+            progress(_progress_line(pending[0], cfg.rounds))
+            _checkpoint(out, history)
+            pending = None
+        closed = transport.finish_round(opened)
+        entry: dict[str, Any] = {
+            "round": opened.number,
+            "state": closed.state,
+            "participants": closed.participants,
+            "received": closed.received,
+            "round_seconds": time.perf_counter() - round_started,
+            "elapsed_seconds": time.perf_counter() - started,
+            **closed.fields,
+        }
+        history.append(entry)
+        last_round = opened.number
+        if closed.model is not None and (opened.number % cfg.eval_every == 0 or opened.number >= cfg.rounds):
+            pending = (entry, closed.model)
+    if pending is not None:
+        _evaluate(transport, evaluator, *pending)
+        progress(_progress_line(pending[0], cfg.rounds))
+    return history
 
 
-_ENDED = ("ended",)
-
-
-def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: float = 600.0
-                         ) -> tuple[int, list[str]] | None:
-    """The next open round after ``after`` as (number, participant ids), or None when the federation ended."""
-
-    def check() -> tuple[Any, ...] | None:
-        fed = admin.federations.get(fid)
-        if fed.status in (FederationStatus.COMPLETED, FederationStatus.CANCELLED):
-            return _ENDED
-        if fed.current_round is not None and fed.current_round > after:
-            rnd = admin.rounds.get(fid, fed.current_round)
-            if rnd.state == RoundState.OPEN:
-                return rnd.number, list(rnd.participants)
-        return None
-
-    found = _poll(check, timeout_s, f"no round opened after round {after}")
-    return None if found is _ENDED else found
-
-
-def _wait_closed(admin: MfcplClient, fid: str, number: int, timeout_s: float = 600.0) -> Any:
-    def check() -> Any:
-        rnd = admin.rounds.get(fid, number)
-        return rnd if rnd.state in (RoundState.CLOSED, RoundState.FAILED) else None
-
-    return _poll(check, timeout_s, f"round {number} did not close")
-
-
-def _evaluate_and_record(admin: MfcplClient, fid: str, evaluator: _Evaluator, pending: tuple[int, int],
-                         history: list[dict[str, Any]]) -> None:
-    number, version = pending
-    weights = decode_model(admin.models.download_bytes(fid, version))
+def _evaluate(transport: Transport, evaluator: _Evaluator, entry: dict[str, Any], model: Any) -> None:
+    weights = transport.model_weights(model)
     t0 = time.perf_counter()
     scores = evaluator(weights)
     eval_s = time.perf_counter() - t0
+    transport.record_evaluation(entry["round"], model, scores)
     for split, metrics in scores.items():
-        admin.evaluations.create(fid, number, EvaluationCreate(split=split, metrics=metrics, model_version=version))
-    entry = next(e for e in reversed(history) if e["round"] == number)
-    for split, metrics in scores.items():
-        for k, v in metrics.items():
-            entry[f"{split}_{k}"] = v
+        entry.update({f"{split}_{k}": v for k, v in metrics.items()})
     entry["eval_seconds"] = eval_s
-
-
-def _round_entry(closed: Any, outcomes: list[dict[str, Any]], round_s: float, elapsed_s: float) -> dict[str, Any]:
-    def total(key: str) -> float:
-        return float(sum(o["seconds"].get(key, 0.0) for o in outcomes))
-
-    entry: dict[str, Any] = {
-        "round": closed.number,
-        "state": str(closed.state),
-        "participants": len(closed.participants),
-        "received": closed.received,
-        "round_seconds": round_s,
-        "elapsed_seconds": elapsed_s,
-        "client_download_seconds": total("download"),
-        "client_train_seconds": total("train"),
-        "client_upload_seconds": total("upload"),
-    }
-    entry.update(_train_fields(closed.train_metrics))
-    return entry
 
 
 def _train_fields(metrics: dict[str, float]) -> dict[str, float]:
@@ -312,101 +309,310 @@ def _progress_line(entry: dict[str, Any], rounds: int) -> str:
     return " | ".join(parts)
 
 
+def _checkpoint(out: Path, history: list[dict[str, Any]]) -> None:
+    """The history so far, so a run that is cut off still leaves its curve (replaced atomically)."""
+    import json
+
+    tmp = out / "history.partial.json.tmp"
+    tmp.write_text(json.dumps(history))
+    tmp.replace(out / "history.partial.json")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HTTP transport: a coordinator (embedded unless a URL is given); the clients poll, download, train and post.
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    server_url: str | None = None,
+    admin_token: str | None = None,
+    workers: int = 2,
+    device: str = "cpu",
+    progress: Progress = print,
+) -> RunResult:
+    """Run ``cfg`` through a coordinator over HTTP (embedded unless ``server_url``); write ``out_dir``."""
+    transport = HttpTransport(Path(out_dir) / "coordinator", server_url, admin_token)
+    return _run(cfg, out_dir, transport, workers=workers, device=device, progress=progress)
+
+
+class HttpTransport:
+    """The rounds as the coordinator opens and closes them; the main process is the operator over HTTP."""
+
+    name = "http"
+    label = ""
+
+    def __init__(self, state_dir: Path, server_url: str | None = None, admin_token: str | None = None) -> None:
+        self.state_dir = state_dir  # the embedded coordinator's database, blobs and log
+        self.server_url = server_url
+        self.admin_token = admin_token
+        self.embedded: EmbeddedCoordinator | None = None
+        self.admin: MfcplClient | None = None
+        self.federation_id: str | None = None
+        self.tokens: dict[str, str] = {}  # by client name
+        self.names_by_id: dict[str, str] = {}
+        self.jobs: list[AsyncResult[dict[str, Any]]] = []
+
+    @property
+    def worker_url(self) -> str | None:
+        return self.server_url
+
+    @property
+    def fid(self) -> str:
+        assert self.federation_id is not None, "open() first"
+        return self.federation_id
+
+    @property
+    def client(self) -> MfcplClient:
+        assert self.admin is not None, "open() first"
+        return self.admin
+
+    def open(self, setup: RunSetup) -> None:
+        from client_sdk.node import client_profile
+
+        if self.server_url is None:
+            self.embedded = EmbeddedCoordinator(self.state_dir).start()
+            self.server_url, self.admin_token = self.embedded.base_url, self.embedded.admin_token
+        self.admin = MfcplClient(self.server_url, self.admin_token, timeout=120.0)
+        self.federation_id = self.admin.federations.create(setup.config).id
+        self.admin.models.upload_initial(self.fid, setup.initial_weights)
+        for shard in setup.federation.clients:  # every client, also those without data: the coordinator samples
+            enrolled = self.admin.clients.enroll(self.fid, shard.name)
+            self.tokens[shard.name] = enrolled.token
+            self.names_by_id[enrolled.id] = shard.name
+            with MfcplClient(self.server_url, enrolled.token, timeout=60.0) as node:
+                node.clients.report_profile(self.fid, client_profile(shard.data, setup.config.num_classes))
+                node.tasks.next(self.fid)  # takes the lease
+
+    def next_round(self, after: int) -> OpenRound | None:
+        found = _wait_for_next_round(self.client, self.fid, after)
+        if found is None:
+            return None
+        number, participant_ids = found
+        return OpenRound(number, [self.names_by_id[cid] for cid in participant_ids])
+
+    def start_round(self, pool: Pool, opened: OpenRound) -> None:
+        self.jobs = [pool.apply_async(_worker_train_http, (self.fid, name, self.tokens[name], opened.number))
+                     for name in opened.participants]
+
+    def finish_round(self, opened: OpenRound) -> ClosedRound:
+        try:
+            outcomes = [job.get() for job in self.jobs]
+        except Exception:
+            if self.client.federations.get(self.fid).status == FederationStatus.CANCELLED:
+                raise FederationStopped(f"federation {self.fid} was cancelled during round {opened.number}") from None
+            raise
+        finally:
+            self.jobs = []
+        closed = _wait_closed(self.client, self.fid, opened.number)
+
+        def total(key: str) -> float:
+            return float(sum(o["seconds"].get(key, 0.0) for o in outcomes))
+
+        fields = {
+            "client_download_seconds": total("download"),
+            "client_train_seconds": total("train"),
+            "client_upload_seconds": total("upload"),
+            **_train_fields(closed.train_metrics),
+        }
+        model = int(closed.output_model_version) if closed.state == RoundState.CLOSED else None
+        return ClosedRound(str(closed.state), len(closed.participants), closed.received, fields, model)
+
+    def model_weights(self, model: int) -> Weights:
+        return decode_model(self.client.models.download_bytes(self.fid, model))
+
+    def record_evaluation(self, number: int, model: int, scores: dict[str, dict[str, float]]) -> None:
+        for split, metrics in scores.items():
+            self.client.evaluations.create(self.fid, number,
+                                           EvaluationCreate(split=split, metrics=metrics, model_version=model))
+
+    def final_model(self) -> bytes:
+        return encode_model(self.client.models.download(self.fid, "latest").weights)
+
+    def server_history(self) -> list[dict[str, Any]]:
+        return [m.model_dump(mode="json") for m in self.client.metrics.history(self.fid)]
+
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def _poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    """``check()`` until it returns something other than None (backing off from 5 ms to 200 ms)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while time.monotonic() < deadline:
+        found = check()
+        if found is not None:
+            return found
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+    raise TimeoutError(f"{what} within {timeout_s}s")
+
+
+_ENDED = ("ended",)
+
+PAUSE_LIMIT_S = 600.0  # a run paused longer than this stops (the operator can resume and run it again)
+OPEN_LIMIT_S = 600.0  # a round that does not open within this stops the run, with the coordinator's reason
+
+
+class FederationStopped(RuntimeError):
+    """The federation cannot go on: cancelled, paused past the limit, or no round opens (``reason`` says which)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: float = OPEN_LIMIT_S,
+                         pause_limit_s: float = PAUSE_LIMIT_S) -> tuple[int, list[str]] | None:
+    """The next open round after ``after`` as (number, participant ids), or None when the federation completed.
+
+    Raises :class:`FederationStopped` when it was cancelled, stayed paused for ``pause_limit_s``, or no round
+    opened within ``timeout_s`` of waiting (the federation's own reason, when it gives one, is in the message).
+    """
+    paused_since: float | None = None
+    last: Federation | None = None
+
+    def check() -> tuple[Any, ...] | None:
+        nonlocal paused_since, last
+        fed = last = admin.federations.get(fid)
+        if fed.status == FederationStatus.COMPLETED:
+            return _ENDED
+        if fed.status == FederationStatus.CANCELLED:
+            raise FederationStopped(f"federation {fid} was cancelled after round {after}")
+        if fed.status == FederationStatus.PAUSED:
+            paused_since = paused_since if paused_since is not None else time.monotonic()
+            if time.monotonic() - paused_since > pause_limit_s:
+                raise FederationStopped(f"federation {fid} stayed paused for more than {pause_limit_s:.0f} s")
+        else:
+            paused_since = None
+        if fed.current_round is not None and fed.current_round > after:
+            rnd = admin.rounds.get(fid, fed.current_round)
+            if rnd.state == RoundState.OPEN:
+                return rnd.number, list(rnd.participants)
+        return None
+
+    try:
+        found = _poll(check, timeout_s if pause_limit_s <= timeout_s else pause_limit_s,
+                      f"no round opened after round {after}")
+    except TimeoutError as exc:
+        reason = f" ({last.status}: {last.status_reason})" if last is not None and last.status_reason else ""
+        raise FederationStopped(f"{exc}{reason}") from exc
+    return None if found is _ENDED else found
+
+
+def _wait_closed(admin: MfcplClient, fid: str, number: int, timeout_s: float = 600.0) -> Any:
+    def check() -> Any:
+        rnd = admin.rounds.get(fid, number)
+        return rnd if rnd.state in (RoundState.CLOSED, RoundState.FAILED) else None
+
+    return _poll(check, timeout_s, f"round {number} did not close")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # In-process transport: the same clients, sampling and aggregation functions, no server and no HTTP.
-
-
-def _worker_train_local(name: str, seed: int, model_version: int, model_bytes: bytes,
-                        prototype_bytes: bytes | None) -> tuple[str, bytes, dict[str, float]]:
-    from mfcpl.wire.tensors import decode_prototypes, encode_update
-
-    local = _W["local"]
-    weights = decode_model(model_bytes)
-    local.load(model_version, "", weights)
-    prototypes = decode_prototypes(prototype_bytes) if prototype_bytes is not None else None
-    t0 = time.perf_counter()
-    update = local.train_update(_W["shards"][name], local.config, weights, prototypes, seed, model_version)
-    return name, encode_update(update), {"train": time.perf_counter() - t0}
 
 
 def run_experiment_inprocess(cfg: ExperimentConfig, out_dir: str | Path, *, workers: int = 2, device: str = "cpu",
                              progress: Progress = print) -> RunResult:
     """``run_experiment`` without the coordinator: the baseline that prices the service (HTTP, DB, blobs)."""
-    import torch
-
-    from coordinator.aggregation import aggregate_round, weighted_metrics
-    from coordinator.rounds.sampling import client_seed, round_seed, sample_participants
-    from mfcpl.wire.tensors import decode_update, encode_prototypes
-
-    torch.set_num_threads(1)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    federation, summary = prepare_data(cfg)
-    trainable = sorted(c.name for c in federation.clients if c.can_train)
-    if not trainable:
-        raise RuntimeError(f"no client can train at {cfg.missing_mode}-level q={cfg.missing_rate}")
-    config = federation_config(cfg, federation, len(trainable))
-    progress(f"{cfg.run_id()} (in-process): {len(federation.clients)} clients, {len(trainable)} can train")
-    weights = _initial_weights(config, cfg.seed)
-    model_bytes = encode_model(weights)
-    momentum = None
-    tables = None
-    prototype_bytes: bytes | None = None
-    evaluator = _Evaluator(federation, config, device)
-    history: list[dict[str, Any]] = []
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(max(1, workers), initializer=_worker_init,
-                  initargs=(cfg.model_dump_json(), config.model_dump_json(), None, device)) as pool:
-        pending: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None  # (entry, weights) to evaluate
-        for number in range(1, cfg.rounds + 1):
-            round_started = time.perf_counter()
-            rseed = round_seed(cfg.seed, number)
-            chosen = sample_participants(trainable, config.clients_per_round, rseed)
-            jobs = [pool.apply_async(_worker_train_local,
-                                     (name, client_seed(rseed, name), number - 1, model_bytes, prototype_bytes))
-                    for name in chosen]
-            if pending is not None:  # evaluate the last round's model while the workers train this one
-                _evaluate_inline(evaluator, *pending)
-                progress(_progress_line(pending[0], cfg.rounds))
-                _checkpoint(out, history)
-                pending = None
-            results = sorted(job.get() for job in jobs)
-            t_agg = time.perf_counter()
-            updates = [decode_update(body) for _, body, _ in results]
-            sources = [(body, float(u.num_samples)) for (_, body, _), u in zip(results, updates, strict=True)]
-            train_metrics = weighted_metrics([(u.metrics, float(u.num_samples)) for u in updates])
-            aggregate = aggregate_round(config, sources, {k: v.dtype for k, v in weights.items()},
-                                        global_weights=weights, momentum=momentum, previous=tables)
-            weights, momentum = aggregate.weights, aggregate.momentum
-            model_bytes = encode_model(weights)
-            if aggregate.prototypes:  # as the coordinator: versioned with the model this round produced
-                tables = aggregate.prototypes
-                prototype_bytes = encode_prototypes(tables, number)
-            agg_s = time.perf_counter() - t_agg
-            entry: dict[str, Any] = {
-                "round": number, "state": "closed", "participants": len(chosen), "received": len(results),
-                "round_seconds": time.perf_counter() - round_started,
-                "elapsed_seconds": time.perf_counter() - started,
-                "client_train_seconds": float(sum(r[2]["train"] for r in results)),
-                "aggregation_seconds": agg_s,
-                **_train_fields(train_metrics),
-                **_prototype_diagnostics(tables),
-            }
-            history.append(entry)
-            if number % cfg.eval_every == 0 or number == cfg.rounds:
-                pending = (entry, weights)
-        if pending is not None:
-            _evaluate_inline(evaluator, *pending)
-            progress(_progress_line(pending[0], cfg.rounds))
-    (out / "final_model.safetensors").write_bytes(model_bytes)
-    result = summarize_history(cfg, history, wall_time_s=time.perf_counter() - started, transport="inprocess",
-                               missing=summary.to_dict(), trainable_clients=len(trainable), device=device)
-    result.write(out)
-    return result
+    return _run(cfg, out_dir, InProcessTransport(), workers=workers, device=device, progress=progress)
 
 
-def _prototype_diagnostics(tables: dict[str, Any] | None) -> dict[str, float]:
+class InProcessTransport:
+    """Rounds 1..cfg.rounds, sampled and aggregated here by the coordinator's own functions."""
+
+    name = "inprocess"
+    label = " (in-process)"
+    federation_id: str | None = None
+
+    def __init__(self) -> None:
+        self.setup: RunSetup | None = None
+        self.weights: Weights = {}
+        self.model_bytes = b""
+        self.strategy_state: Any = None  # the aggregation strategy's state, handed to the next round as is
+        self.tables: Mapping[str, Any] | None = None  # the complete prototypes by level
+        self.prototype_bytes: bytes | None = None
+        self.jobs: list[AsyncResult[tuple[str, bytes, dict[str, float]]]] = []
+
+    @property
+    def worker_url(self) -> str | None:
+        return None
+
+    @property
+    def run(self) -> RunSetup:
+        assert self.setup is not None, "open() first"
+        return self.setup
+
+    def open(self, setup: RunSetup) -> None:
+        self.setup = setup
+        self.weights = setup.initial_weights
+        self.model_bytes = encode_model(self.weights)
+
+    def next_round(self, after: int) -> OpenRound | None:
+        from coordinator.rounds.sampling import round_seed, sample_participants
+
+        number = after + 1
+        if number > self.run.cfg.rounds:
+            return None
+        chosen = sample_participants(self.run.trainable, self.run.config.clients_per_round,
+                                     round_seed(self.run.cfg.seed, number))
+        return OpenRound(number, chosen)
+
+    def start_round(self, pool: Pool, opened: OpenRound) -> None:
+        from coordinator.rounds.sampling import client_seed, round_seed
+
+        rseed = round_seed(self.run.cfg.seed, opened.number)
+        self.jobs = [pool.apply_async(_worker_train_local, (name, client_seed(rseed, name), opened.number - 1,
+                                                            self.model_bytes, self.prototype_bytes))
+                     for name in opened.participants]
+
+    def finish_round(self, opened: OpenRound) -> ClosedRound:
+        from coordinator.aggregation import aggregate_round, weighted_metrics
+        from mfcpl.wire.tensors import decode_update, encode_prototypes
+
+        results = sorted(job.get() for job in self.jobs)
+        self.jobs = []
+        t_agg = time.perf_counter()
+        updates = [decode_update(body) for _, body, _ in results]
+        sources = [(body, float(u.num_samples)) for (_, body, _), u in zip(results, updates, strict=True)]
+        train_metrics = weighted_metrics([(u.metrics, float(u.num_samples)) for u in updates])
+        aggregate = aggregate_round(self.run.config, sources, {k: v.dtype for k, v in self.weights.items()},
+                                    global_weights=self.weights, state=self.strategy_state, previous=self.tables)
+        self.weights, self.strategy_state = aggregate.weights, aggregate.state
+        self.model_bytes = encode_model(self.weights)
+        if aggregate.prototypes:  # as the coordinator: versioned with the model this round produced
+            self.tables = aggregate.prototypes
+            self.prototype_bytes = encode_prototypes(self.tables, opened.number)
+        fields = {
+            "client_train_seconds": float(sum(r[2]["train"] for r in results)),
+            "aggregation_seconds": time.perf_counter() - t_agg,
+            **_train_fields(train_metrics),
+            **_prototype_diagnostics(self.tables),
+        }
+        return ClosedRound("closed", len(opened.participants), len(results), fields, self.weights)
+
+    def model_weights(self, model: Weights) -> Weights:
+        return model
+
+    def record_evaluation(self, number: int, model: Weights, scores: dict[str, dict[str, float]]) -> None:
+        pass  # the history entry is the only record
+
+    def final_model(self) -> bytes:
+        return self.model_bytes
+
+    def server_history(self) -> None:
+        return None
+
+    def close(self) -> None:
+        self.jobs = []
+
+
+def _prototype_diagnostics(tables: Mapping[str, Any] | None) -> dict[str, float]:
     """Per level of the complete prototypes after this round: the classes covered and, over those classes,
     the mean pairwise cosine (near 1 = the prototype space collapsed; see docs/method.md's pitfalls)."""
     out: dict[str, float] = {}
@@ -418,19 +624,3 @@ def _prototype_diagnostics(tables: dict[str, Any] | None) -> dict[str, float]:
             cos = unit @ unit.T
             out[f"prototype_cosine_{level}"] = float(cos[~np.eye(len(cos), dtype=bool)].mean())
     return out
-
-
-def _evaluate_inline(evaluator: _Evaluator, entry: dict[str, Any], weights: dict[str, np.ndarray]) -> None:
-    t0 = time.perf_counter()
-    for split, metrics in evaluator(weights).items():
-        entry.update({f"{split}_{k}": v for k, v in metrics.items()})
-    entry["eval_seconds"] = time.perf_counter() - t0
-
-
-def _checkpoint(out: Path, history: list[dict[str, Any]]) -> None:
-    """The history so far, so a run that is cut off still leaves its curve (replaced atomically)."""
-    import json
-
-    tmp = out / "history.partial.json.tmp"
-    tmp.write_text(json.dumps(history))
-    tmp.replace(out / "history.partial.json")

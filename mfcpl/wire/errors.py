@@ -7,6 +7,7 @@ OpenAPI document lists it, and the SDK maps statuses to exception classes with i
 from __future__ import annotations
 
 from enum import StrEnum
+from http import HTTPStatus
 
 
 class ErrorCode(StrEnum):
@@ -30,7 +31,13 @@ class ErrorCode(StrEnum):
     STALE_ROUND = "stale_round"
     FEDERATION_NOT_RUNNING = "federation_not_running"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    TOO_MANY_REQUESTS = "too_many_requests"
+    REQUEST_TIMEOUT = "request_timeout"
     INTERNAL = "internal_error"
+    DATABASE_BUSY = "database_busy"
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    STORAGE_UNAVAILABLE = "storage_unavailable"
+    STORAGE_FULL = "storage_full"
 
 
 ERROR_STATUS: dict[ErrorCode, int] = {
@@ -54,7 +61,13 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.STALE_ROUND: 409,
     ErrorCode.FEDERATION_NOT_RUNNING: 409,
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
+    ErrorCode.TOO_MANY_REQUESTS: 429,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.DATABASE_BUSY: 503,
+    ErrorCode.DATABASE_UNAVAILABLE: 503,
+    ErrorCode.STORAGE_UNAVAILABLE: 503,
+    ErrorCode.STORAGE_FULL: 507,
 }
 """The HTTP status each code answers with (every code has exactly one)."""
 
@@ -63,6 +76,7 @@ GENERIC_CODE: dict[int, ErrorCode] = {
     401: ErrorCode.UNAUTHORIZED,
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
+    408: ErrorCode.REQUEST_TIMEOUT,
     409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
@@ -71,6 +85,12 @@ GENERIC_CODE: dict[int, ErrorCode] = {
 }
 """The code of a status when nothing more specific is known (framework errors, unknown codes)."""
 
+RETRYABLE_CODES: frozenset[ErrorCode] = frozenset({
+    ErrorCode.DATABASE_BUSY, ErrorCode.DATABASE_UNAVAILABLE, ErrorCode.STORAGE_UNAVAILABLE,
+})
+"""Faults of the service that pass by themselves: answered 503 with ``Retry-After``; a client retries them.
+``storage_full`` (507) needs an operator and is not retried."""
+
 
 def status_of(code: str) -> int:
     """The HTTP status of ``code``; 500 for a code this version does not know."""
@@ -78,3 +98,11 @@ def status_of(code: str) -> int:
         return ERROR_STATUS[ErrorCode(code)]
     except ValueError:
         return 500
+
+
+def title_of(status: int) -> str:
+    """The problem document's ``title`` for ``status``: its HTTP reason phrase (``HTTP <status>`` if unnamed)."""
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"

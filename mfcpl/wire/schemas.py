@@ -46,9 +46,43 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from mfcpl.wire.constants import MAX_METRIC_KEY_LENGTH, MAX_METRICS, has_control_characters
+
+
+def _strict_int(value: Any) -> Any:
+    # JSON true/false, 1.0 and "1" are not integers; numpy integers (which have __index__) are.
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise ValueError("must be an integer (not a boolean, float or string)")
+    return value
+
+
+def _strict_float(value: Any) -> Any:
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a number (not a boolean or string)")
+    return value
+
+
+def _printable(value: str) -> str:
+    if has_control_characters(value):
+        raise ValueError("must not contain NUL or control characters")
+    return value
+
+
+StrictInt = Annotated[int, BeforeValidator(_strict_int)]
+"""An integer of a request body: booleans, floats and numeric strings are refused (422)."""
+StrictFloat = Annotated[float, BeforeValidator(_strict_float)]
+"""A number of a request body: integers are accepted, booleans and strings refused (422)."""
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+"""A federation or client name: 1-200 characters, no NUL or control characters."""
+ClassName = Annotated[str, Field(max_length=200), AfterValidator(_printable)]
+MetricKey = Annotated[str, Field(min_length=1, max_length=MAX_METRIC_KEY_LENGTH), AfterValidator(_printable)]
+"""A metric name: 1-128 characters, no NUL or control characters."""
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+PrototypeSpace = Literal["normalized", "projection", "penultimate"]
+PrototypeSource = Literal["complete", "all"]
 
 
 class _Model(BaseModel):
@@ -62,6 +96,7 @@ class Algorithm(StrEnum):
     FEDOPT = "fedopt"
     FEDPROTO = "fedproto"
     PMCMFL = "pmcmfl"
+    FEDNOVA = "fednova"
 
 
 class ModalityKind(StrEnum):
@@ -74,18 +109,18 @@ class ModalityKind(StrEnum):
 class ModalitySpec(_Model):
     name: Identifier = Field(description="Modality name, e.g. `acc`, `gyro`, `image`, `text`.")
     kind: ModalityKind
-    shape: list[Annotated[int, Field(ge=1, le=1_000_000)]] = Field(
+    shape: list[Annotated[StrictInt, Field(ge=1, le=1_000_000)]] = Field(
         min_length=1, max_length=3, description="Per-sample input shape, e.g. [128, 3] for a 3-axis window."
     )
 
 
 class ModelSettings(_Model):
-    hidden_dim: int = Field(128, ge=1, le=4096, description="d: encoder output width.")
-    proj_dim: int = Field(128, ge=1, le=4096, description="d_p: width of the projection heads g1, g2.")
-    attention_heads: int = Field(6, ge=1, le=64)
-    attention_dim: int = Field(512, ge=1, le=8192)
-    classifier_hidden: int = Field(64, ge=1, le=8192)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    hidden_dim: StrictInt = Field(128, ge=1, le=4096, description="d: encoder output width.")
+    proj_dim: StrictInt = Field(128, ge=1, le=4096, description="d_p: width of the projection heads g1, g2.")
+    attention_heads: StrictInt = Field(6, ge=1, le=64)
+    attention_dim: StrictInt = Field(512, ge=1, le=8192)
+    classifier_hidden: StrictInt = Field(64, ge=1, le=8192)
+    dropout: StrictFloat = Field(0.1, ge=0.0, lt=1.0)
     shared_modality_head: bool = Field(
         False, description="One g2 shared by every modality instead of one per modality."
     )
@@ -98,24 +133,41 @@ class ModelSettings(_Model):
     text_encoder_path: str | None = Field(
         None, description="Local path of a transformers checkpoint, for `text` modalities."
     )
+    finetune_text_encoder: bool = Field(
+        False, description="Train the transformers encoder of `text` modalities (default: frozen, only its "
+        "projection trains)."
+    )
+    prototype_space: PrototypeSpace = Field(
+        "penultimate",
+        description="Where the prototypes s and u^m live: the classifier's penultimate layer (`penultimate`), the "
+        "raw g1/g2 outputs (`projection`) or their L2-normalised outputs with a cosine head (`normalized`). Shapes "
+        "the network: g2's width follows it (docs/algorithm.md).",
+    )
+    proto_head_scale: StrictFloat = Field(
+        10.0, gt=0, le=1e6, description="Scale of the cosine head on s (`normalized` space only)."
+    )
 
 
 class TrainingConfig(_Model):
-    """Local-training and aggregation hyper-parameters (docs/method.md); every (R) choice is a field."""
+    """Local-training and aggregation hyper-parameters (docs/method.md); every (R) choice is a field.
 
-    local_epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(16, ge=1, le=65536)
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0)
-    grad_clip: float | None = Field(10.0, gt=0)
-    prox_mu: float = Field(0.01, ge=0, description="FedProx proximal weight.")
-    server_lr: float = Field(0.025, gt=0, description="FedOpt global learning rate.")
-    server_momentum: float = Field(0.9, ge=0, lt=1, description="FedOpt server momentum.")
-    lambda_cmpr: float = Field(1.0, ge=0)
-    lambda_cmpc: float = Field(1.0, ge=0)
-    lambda_cma: float = Field(1.0, ge=0)
-    tau: float = Field(0.5, gt=0, description="CMPC temperature.")
+    Every setting is a typed field: an unknown or misspelt key is refused (422 at federation create).
+    Settings that shape the network live in :class:`ModelSettings`.
+    """
+
+    local_epochs: StrictInt = Field(1, ge=1, le=1000)
+    batch_size: StrictInt = Field(16, ge=1, le=65536)
+    lr: StrictFloat = Field(0.05, gt=0)
+    momentum: StrictFloat = Field(0.9, ge=0, lt=1)
+    weight_decay: StrictFloat = Field(1e-5, ge=0)
+    grad_clip: StrictFloat | None = Field(10.0, gt=0)
+    prox_mu: StrictFloat = Field(0.01, ge=0, description="FedProx proximal weight.")
+    server_lr: StrictFloat = Field(0.025, gt=0, description="FedOpt global learning rate.")
+    server_momentum: StrictFloat = Field(0.9, ge=0, lt=1, description="FedOpt server momentum.")
+    lambda_cmpr: StrictFloat = Field(1.0, ge=0)
+    lambda_cmpc: StrictFloat = Field(1.0, ge=0)
+    lambda_cma: StrictFloat = Field(1.0, ge=0)
+    tau: StrictFloat = Field(0.5, gt=0, description="CMPC temperature.")
     cma_distance: Literal["l2", "l1", "smooth_l1"] = "l2"
     cmpc_target: Literal["shared", "modality"] = Field(
         "shared", description="Contrast u^m against the complete prototypes P^k or the other modality's P^{n,k}."
@@ -123,10 +175,46 @@ class TrainingConfig(_Model):
     prototype_weighting: Literal["count", "mean"] = Field(
         "count", description="Complete prototypes as count-weighted or plain mean over clients."
     )
-    fedproto_lambda: float = Field(1.0, ge=0)
-    options: dict[str, float | int | str | bool] = Field(
-        default_factory=dict, description="Further algorithm settings, passed through to the trainer."
+    fedproto_lambda: StrictFloat = Field(1.0, ge=0, description="FedProto: weight of the pull towards the prototypes.")
+    pmcmfl_lambda: StrictFloat = Field(1.0, ge=0, description="PmcmFL: weight of its prototype contrast.")
+    lambda_proto_ce: StrictFloat = Field(
+        0.1, ge=0, description="MFCPL: weight of the cosine-head cross-entropy on s (`normalized` space only)."
     )
+    prototype_source: PrototypeSource = Field(
+        "complete", description="MFCPL: local shared prototypes from the complete samples (the paper) or from all."
+    )
+
+
+# Where each key of the former free-form ``training.options`` bag lives now (section, field).
+LEGACY_OPTIONS: dict[str, tuple[str, str]] = {
+    "prototype_space": ("model", "prototype_space"),
+    "proto_head_scale": ("model", "proto_head_scale"),
+    "finetune_text_encoder": ("model", "finetune_text_encoder"),
+    "lambda_proto_ce": ("training", "lambda_proto_ce"),
+    "pmcmfl_lambda": ("training", "pmcmfl_lambda"),
+    "prototype_source": ("training", "prototype_source"),
+}
+
+
+def upgrade_legacy_settings(config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A federation or experiment config (as JSON data) with ``training.options`` moved into typed fields.
+
+    Returns the upgraded copy and the option keys that were dropped: keys no version of the trainer read,
+    which the old bag accepted and ignored. Configs without ``training.options`` come back unchanged. Used by
+    the stored-config migration and when older experiment results are read.
+    """
+    training = config.get("training")
+    if not isinstance(training, dict) or "options" not in training:
+        return config, []
+    upgraded = {**config, "training": {k: v for k, v in training.items() if k != "options"}}
+    dropped = []
+    for key, value in (training.get("options") or {}).items():
+        if key not in LEGACY_OPTIONS:
+            dropped.append(key)
+            continue
+        section, field = LEGACY_OPTIONS[key]
+        upgraded[section] = {**(upgraded.get(section) or {}), field: value}
+    return upgraded, dropped
 
 
 class FederationStatus(StrEnum):
@@ -137,25 +225,36 @@ class FederationStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+FINISHED_STATUSES = frozenset({FederationStatus.COMPLETED, FederationStatus.CANCELLED})
+"""Final states: nothing happens in the federation any more."""
+
+
 class FederationCreate(_Model):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     algorithm: Algorithm = Algorithm.MFCPL
-    num_classes: int = Field(ge=2, le=100_000)
-    class_names: list[str] | None = None
+    num_classes: StrictInt = Field(ge=2, le=100_000)
+    class_names: list[ClassName] | None = None
     modalities: list[ModalitySpec] = Field(min_length=1, max_length=16)
     model: ModelSettings = Field(default_factory=ModelSettings)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    rounds: int = Field(200, ge=1, le=1_000_000)
-    clients_per_round: int = Field(10, ge=1, le=100_000)
-    quorum: int | None = Field(
-        None, ge=1, description="Updates needed to close a round at its deadline (default: clients_per_round)."
+    rounds: StrictInt = Field(200, ge=1, le=1_000_000)
+    clients_per_round: StrictInt = Field(
+        10, ge=1, le=100_000,
+        description="Participants sampled per round, from the live clients that can train (fewer when fewer can).",
     )
-    min_clients: int | None = Field(
-        None, ge=1, description="Live clients needed before a round opens (default: clients_per_round)."
+    quorum: StrictInt | None = Field(
+        None, ge=1, description="Updates needed to close a round at its deadline (default: clients_per_round); "
+        "capped at the round's participants.",
     )
-    round_deadline_s: float | None = Field(None, gt=0, le=7 * 86400, description="Default from settings.")
-    lease_s: float = Field(60.0, gt=0, le=86400, description="A client is live this long after its last poll.")
-    seed: int = Field(0, ge=0, lt=2**63)
+    min_clients: StrictInt | None = Field(
+        None, ge=1, description="When set: live clients that can train (at least one modality) needed before a "
+        "round opens. When unset: a round opens once clients_per_round clients are live, those without any "
+        "modality included, and at least one can train; it samples min(clients_per_round, clients that can "
+        "train).",
+    )
+    round_deadline_s: StrictFloat | None = Field(None, gt=0, le=7 * 86400, description="Default from settings.")
+    lease_s: StrictFloat = Field(60.0, gt=0, le=86400, description="A client is live this long after its last poll.")
+    seed: StrictInt = Field(0, ge=0, lt=2**63)
 
     @model_validator(mode="after")
     def _check(self) -> FederationCreate:
@@ -172,6 +271,11 @@ class FederationCreate(_Model):
 class Federation(BaseModel):
     id: str
     status: FederationStatus
+    status_reason: str | None = Field(
+        None, description="Why the federation is where it is, computed on read: what a federation without an open "
+        "round waits for (e.g. `2 of 4 clients needed (min_clients) can train (3 live, 1 with no modality)`), the "
+        "open round's progress, a closing round's attempts; null once completed or cancelled.",
+    )
     config: FederationCreate
     current_round: int | None = Field(None, description="Number of the round in progress or last closed.")
     latest_model_version: int | None = None
@@ -180,7 +284,7 @@ class Federation(BaseModel):
 
 
 class ClientEnroll(_Model):
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
 
 
 class Client(BaseModel):
@@ -202,10 +306,10 @@ class ClientEnrolled(Client):
 
 class ClientProfile(_Model):
     modalities: list[Identifier] = Field(max_length=64, description="Modalities this client holds (may be empty).")
-    class_counts: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+    class_counts: list[Annotated[StrictInt, Field(ge=0, le=2**31 - 1)]] = Field(
         max_length=100_000, description="Training samples per class."
     )
-    num_samples: int = Field(ge=0, le=2**31 - 1)
+    num_samples: StrictInt = Field(ge=0, le=2**31 - 1)
 
 
 class TaskAction(StrEnum):
@@ -227,7 +331,9 @@ class Task(BaseModel):
     retry_after_s: float | None = None
     algorithm: Algorithm | None = None
     training: TrainingConfig | None = None
-    reason: str | None = None
+    reason: str | None = Field(
+        None, description="Why `wait` (the federation's `status_reason` while no round is open) or `done`."
+    )
 
 
 class RoundState(StrEnum):
@@ -251,7 +357,10 @@ class Round(BaseModel):
     deadline: datetime
     opened_at: datetime
     closed_at: datetime | None = None
-    failure_reason: str | None = None
+    failure_reason: str | None = Field(
+        None, description="Why the round failed; while it is still closing after a failed attempt (retried up to "
+        "the coordinator's max_close_attempts), that attempt's error.",
+    )
     train_metrics: dict[str, float] = Field(
         default_factory=dict, description="Sample-weighted mean of the metrics clients reported."
     )
@@ -295,8 +404,8 @@ class UpdateReceipt(BaseModel):
 
 class EvaluationCreate(_Model):
     split: Identifier = Field(description="e.g. `dev` or `test`.")
-    metrics: dict[str, float]
-    model_version: int | None = None
+    metrics: dict[MetricKey, StrictFloat] = Field(max_length=MAX_METRICS, description="At most 256 metrics.")
+    model_version: Annotated[StrictInt, Field(ge=0, le=2**31 - 1)] | None = None
 
 
 class Evaluation(BaseModel):
@@ -326,6 +435,7 @@ class EventType(StrEnum):
     ROUND_FAILED = "round.failed"
     UPDATE_RECEIVED = "update.received"
     FEDERATION_STATUS = "federation.status"
+    FEDERATION_WAITING = "federation.waiting"  # data.reason (as status_reason) and counts; when the reason changes
 
 
 class Event(BaseModel):

@@ -25,8 +25,14 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from mmap import mmap
+from typing import Any
 
 import numpy as np
+
+from mfcpl.wire.constants import MAX_METRIC_KEY_LENGTH, MAX_METRICS, has_control_characters
+
+Buffer = bytes | bytearray | memoryview | mmap  # what the readers take: a body, or an mmap of a blob file
 
 MODEL_FORMAT = "mfcpl.model.v1"
 UPDATE_FORMAT = "mfcpl.update.v1"
@@ -38,6 +44,8 @@ PROTO_CLASSES_PREFIX = "prototype_classes/"
 PROTO_COUNTS_PREFIX = "prototype_counts/"
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_METRICS_JSON_CHARS = 256 * 1024
+"""The longest ``metrics`` metadata value read: 256 metrics of 128-character keys fit many times over."""
 MAX_NUM_SAMPLES = 2**31 - 1
 
 _DTYPES: dict[str, np.dtype] = {
@@ -99,8 +107,70 @@ def numpy_dtype(code: str) -> np.dtype:
     return _DTYPES[code]
 
 
-def read_header(buf: bytes | bytearray | memoryview) -> Header:
-    """Parse and bound-check a safetensors header without touching the tensor bytes."""
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for json: a JSON object as a dict, refusing a key given twice (no "last wins")."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKeyError(f"duplicate key {key[:64]!r}")
+            seen.add(key)
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` as strict as RFC 8259 readers are: UTF-8 only, no NaN/Infinity, no duplicate keys.
+
+    Raises ``ValueError`` (``json.JSONDecodeError``, ``UnicodeDecodeError`` and duplicate keys included) or
+    ``RecursionError``.
+    """
+    if not isinstance(text, str):
+        text = text.decode("utf-8")  # json.loads would also guess UTF-16/32 from bytes
+    return json.loads(text, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a string with lone surrogates (``"\\ud800"`` escapes), which no UTF-8 store can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _element_count(shape: tuple[int, ...], limit: int) -> int:
+    """The product of ``shape``, or ``limit + 1`` as soon as it passes ``limit`` (never a huge product)."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for dim in shape:
+        count *= dim
+        if count > limit:
+            return limit + 1
+    return count
+
+
+def _short(name: str) -> str:
+    """A name for an error message: its first 64 characters (a header may hold megabyte-long names)."""
+    return repr(name) if len(name) <= 64 else repr(name[:64]) + "..."
+
+
+def read_header(buf: Buffer) -> Header:
+    """Parse and bound-check a safetensors header without touching the tensor bytes.
+
+    As strict as the official safetensors reader: the header is a UTF-8 JSON object without duplicate keys
+    (also inside ``__metadata__`` and the tensor entries); the tensors, ordered by offset, tile the data area
+    exactly (no gap, no overlap, no trailing bytes). Any other body raises :class:`TensorFormatError`.
+    """
     view = memoryview(buf)
     if len(view) < 8:
         raise TensorFormatError("malformed_tensors", "body is shorter than the 8-byte safetensors header length")
@@ -108,55 +178,70 @@ def read_header(buf: bytes | bytearray | memoryview) -> Header:
     if n > MAX_HEADER_BYTES or 8 + n > len(view):
         raise TensorFormatError("malformed_tensors", f"header length {n} does not fit a body of {len(view)} bytes")
     try:
-        raw = json.loads(bytes(view[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raw = strict_json(bytes(view[8 : 8 + n]))
+    except _DuplicateKeyError as exc:
+        raise TensorFormatError("malformed_tensors", f"header JSON has a {exc}") from exc
+    except (ValueError, RecursionError) as exc:
         raise TensorFormatError("malformed_tensors", f"header is not valid JSON: {exc}") from exc
     if not isinstance(raw, dict):
         raise TensorFormatError("malformed_tensors", "header must be a JSON object")
-    metadata = raw.pop("__metadata__", None) or {}
+    metadata = raw.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+        isinstance(k, str) and isinstance(v, str) and _is_utf8(k) and _is_utf8(v) for k, v in metadata.items()
     ):
         raise TensorFormatError("malformed_tensors", "__metadata__ must map strings to strings")
     data_start = 8 + n
     data_len = len(view) - data_start
     tensors: dict[str, TensorInfo] = {}
-    spans: list[tuple[int, int]] = []
     for name, entry in raw.items():
+        if not _is_utf8(name):
+            raise TensorFormatError("malformed_tensors", f"tensor name {_short(name)} is not valid Unicode")
         try:
-            code = entry["dtype"]
-            shape = tuple(entry["shape"])
-            begin, end = entry["data_offsets"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: bad header entry") from exc
-        if not all(type(x) is int for x in (*shape, begin, end)):  # no floats, bools or strings
-            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: shape and offsets must be integers")
+            code, dims, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError) as exc:
+            raise TensorFormatError("malformed_tensors", f"tensor {_short(name)}: bad header entry") from exc
+        if not (isinstance(dims, list) and isinstance(offsets, list) and len(offsets) == 2
+                and all(type(x) is int for x in (*dims, *offsets))):  # no floats, bools or strings
+            raise TensorFormatError("malformed_tensors", f"tensor {_short(name)}: shape and offsets must be integers")
+        shape: tuple[int, ...] = tuple(dims)
+        begin, end = offsets
         if not isinstance(code, str) or code not in _DTYPES:
-            raise TensorFormatError("dtype_mismatch", f"tensor {name!r}: unsupported dtype {code!r}")
-        if any(s < 0 for s in shape):
-            raise TensorFormatError("malformed_tensors", f"tensor {name!r}: negative dimension")
-        expected = math.prod(shape) * _DTYPES[code].itemsize
+            raise TensorFormatError("dtype_mismatch", f"tensor {_short(name)}: unsupported dtype "
+                                    f"{_short(code) if isinstance(code, str) else type(code).__name__}")
+        if any(not 0 <= s < 2**64 for s in shape):
+            raise TensorFormatError("malformed_tensors", f"tensor {_short(name)}: dimension out of range")
+        itemsize = _DTYPES[code].itemsize
+        expected = _element_count(shape, data_len // itemsize) * itemsize
         if not 0 <= begin <= end <= data_len or end - begin != expected:
             raise TensorFormatError(
                 "malformed_tensors",
-                f"tensor {name!r}: offsets [{begin}, {end}) do not hold shape {list(shape)} of {code}",
+                f"tensor {_short(name)}: offsets [{begin}, {end}) do not hold shape {list(shape)[:8]} of {code}",
             )
-        spans.append((begin, end))
         tensors[name] = TensorInfo(name, code, shape, data_start + begin, data_start + end)
-    spans.sort()
-    for (_, e1), (b2, _) in zip(spans, spans[1:], strict=False):
-        if b2 < e1:
-            raise TensorFormatError("malformed_tensors", "tensor byte ranges overlap")
+    # The tensors must tile the data area in offset order, as the official reader demands: every byte belongs
+    # to exactly one tensor, so nothing can hide between, under or after them.
+    position = data_start
+    for info in sorted(tensors.values(), key=lambda t: (t.start, t.end)):
+        if info.start != position:
+            what = "overlap" if info.start < position else "leave a gap"
+            raise TensorFormatError("malformed_tensors", f"tensor byte ranges {what} at tensor {_short(info.name)} "
+                                    f"(offset {info.start - data_start}, expected {position - data_start})")
+        position = info.end
+    if position != len(view):
+        raise TensorFormatError("malformed_tensors", f"{len(view) - position} trailing bytes after the last tensor "
+                                "are not covered by any tensor")
     return Header(tensors=tensors, metadata=metadata, data_start=data_start)
 
 
-def tensor_view(buf: bytes | bytearray | memoryview, info: TensorInfo) -> np.ndarray:
+def tensor_view(buf: Buffer, info: TensorInfo) -> np.ndarray:
     """A read-only numpy view of one tensor's bytes (no copy)."""
     arr = np.frombuffer(buf, dtype=_DTYPES[info.dtype], count=math.prod(info.shape), offset=info.start)
     return arr.reshape(info.shape)
 
 
-def decode(buf: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def decode(buf: Buffer) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     header = read_header(buf)
     return {name: tensor_view(buf, info) for name, info in header.tensors.items()}, header.metadata
 
@@ -225,10 +310,14 @@ def parse_update_metadata(metadata: Mapping[str, str]) -> tuple[int, int, dict[s
     """(num_samples, base_model_version, metrics) from an update's metadata, strictly checked."""
     if metadata.get("format") != UPDATE_FORMAT:
         raise TensorFormatError("malformed_tensors", f"metadata.format must be {UPDATE_FORMAT!r}")
+    metrics_text = metadata.get("metrics", "{}")
+    if len(metrics_text) > MAX_METRICS_JSON_CHARS:  # refused before parsing: 256 metrics never need this much
+        raise TensorFormatError("malformed_tensors", f"metadata.metrics is over {MAX_METRICS_JSON_CHARS} characters "
+                                f"(at most {MAX_METRICS} metrics)")
     try:
         num_samples = int(metadata["num_samples"])
         base = int(metadata["base_model_version"])
-        metrics = json.loads(metadata.get("metrics", "{}"))
+        metrics = json.loads(metrics_text, object_pairs_hook=_unique_object)  # NaN parses: refused as non_finite
     except (KeyError, ValueError, RecursionError) as exc:
         raise TensorFormatError("malformed_tensors", f"bad update metadata: {exc}") from exc
     if not 1 <= num_samples <= MAX_NUM_SAMPLES:
@@ -239,12 +328,29 @@ def parse_update_metadata(metadata: Mapping[str, str]) -> tuple[int, int, dict[s
         isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in metrics.items()
     ):
         raise TensorFormatError("malformed_tensors", "metrics must be a JSON object of numbers")
-    if not all(math.isfinite(v) for v in metrics.values()):
+    if len(metrics) > MAX_METRICS:
+        raise TensorFormatError("malformed_tensors", f"at most {MAX_METRICS} metrics")
+    if not all(0 < len(k) <= MAX_METRIC_KEY_LENGTH and not has_control_characters(k) and _is_utf8(k)
+               for k in metrics):
+        raise TensorFormatError("malformed_tensors", f"metric names must be 1-{MAX_METRIC_KEY_LENGTH} characters "
+                                "without NUL or control characters")
+    try:
+        values = {k: float(v) for k, v in metrics.items()}  # an integer past the float range overflows
+    except OverflowError:
+        values = {"": math.inf}
+    if not all(math.isfinite(v) for v in values.values()):
         raise TensorFormatError("non_finite", "metrics hold NaN or Inf")
-    return num_samples, base, {k: float(v) for k, v in metrics.items()}
+    return num_samples, base, values
 
 
-def decode_update(buf: bytes | bytearray | memoryview) -> Update:
+def _partner(tensors: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+    try:
+        return tensors[name]
+    except KeyError:
+        raise TensorFormatError("missing_tensor", f"tensor {name!r} is missing") from None
+
+
+def decode_update(buf: Buffer) -> Update:
     tensors, metadata = decode(buf)
     num_samples, base, metrics = parse_update_metadata(metadata)
     weights = {k[len(WEIGHTS_PREFIX) :]: v for k, v in tensors.items() if k.startswith(WEIGHTS_PREFIX)}
@@ -253,9 +359,9 @@ def decode_update(buf: bytes | bytearray | memoryview) -> Update:
         if k.startswith(PROTO_PREFIX):
             level = k[len(PROTO_PREFIX) :]
             protos[level] = LocalPrototypes(
-                classes=tensors[PROTO_CLASSES_PREFIX + level],
+                classes=_partner(tensors, PROTO_CLASSES_PREFIX + level),
                 vectors=v,
-                counts=tensors[PROTO_COUNTS_PREFIX + level],
+                counts=_partner(tensors, PROTO_COUNTS_PREFIX + level),
             )
     return Update(weights, num_samples, base, protos, metrics)
 
@@ -280,7 +386,7 @@ def encode_prototypes(levels: Mapping[str, PrototypeTable], model_version: int) 
     return encode(tensors, {"format": PROTOTYPES_FORMAT, "model_version": str(model_version)})
 
 
-def decode_prototypes(buf: bytes | bytearray | memoryview) -> dict[str, PrototypeTable]:
+def decode_prototypes(buf: Buffer) -> dict[str, PrototypeTable]:
     tensors, metadata = decode(buf)
     if metadata.get("format") != PROTOTYPES_FORMAT:
         raise TensorFormatError("malformed_tensors", f"metadata.format must be {PROTOTYPES_FORMAT!r}")
@@ -288,7 +394,7 @@ def decode_prototypes(buf: bytes | bytearray | memoryview) -> dict[str, Prototyp
     for k, v in tensors.items():
         if k.startswith(PROTO_PREFIX):
             level = k[len(PROTO_PREFIX) :]
-            out[level] = PrototypeTable(vectors=v, counts=tensors[PROTO_COUNTS_PREFIX + level])
+            out[level] = PrototypeTable(vectors=v, counts=_partner(tensors, PROTO_COUNTS_PREFIX + level))
     return out
 
 
@@ -296,6 +402,6 @@ def encode_model(weights: Mapping[str, np.ndarray]) -> bytes:
     return encode(weights, {"format": MODEL_FORMAT})
 
 
-def decode_model(buf: bytes | bytearray | memoryview) -> dict[str, np.ndarray]:
+def decode_model(buf: Buffer) -> dict[str, np.ndarray]:
     tensors, _ = decode(buf)
     return tensors

@@ -1,7 +1,7 @@
 """Aggregation reads update blobs with O(model size) process memory, also from the ``db`` blob store.
 
 A round of many participants with a model of a few MB is aggregated by the coordinator's own code path
-(``rounds.service._aggregate`` over a real SQLite database holding the blobs); tracemalloc (which sees
+(``rounds.closing._aggregate`` over a real SQLite database holding the blobs); tracemalloc (which sees
 Python objects and numpy buffers, not file-backed mmaps) bounds the peak. Holding every body at once, as a
 plain ``get`` per update does, would exceed the bound several times: the test checks that too, so the bound
 cannot pass by not seeing the bytes.
@@ -19,9 +19,9 @@ import pytest
 
 from coordinator.core import Services
 from coordinator.db.migrate import upgrade
-from coordinator.models.orm import ModelVersionRow
-from coordinator.models.service import tensor_specs
-from coordinator.rounds.service import _aggregate
+from coordinator.model_versions.orm import ModelVersionRow
+from coordinator.model_versions.service import tensor_specs
+from coordinator.rounds.closing import _aggregate
 from coordinator.settings import Settings
 from coordinator.updates.orm import UpdateRow
 from mfcpl.wire.schemas import FederationCreate
@@ -34,7 +34,7 @@ MODEL_SHAPES = {"enc.weight": (1000, 700), "enc.bias": (1000,), "head.weight": (
 
 @pytest.fixture
 def db_store_services(tmp_path: Path) -> Iterator[Services]:
-    settings = Settings(data_dir=tmp_path, blob_store="db", admin_token="memory-test")
+    settings = Settings(state_dir=tmp_path, blob_store="db", admin_token="memory-test")
     services = Services.build(settings)
     upgrade(services.db.engine)
     try:

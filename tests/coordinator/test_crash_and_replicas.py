@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
+from coordinator.db.engine import make_engine
 from mfcpl.wire.tensors import decode_model
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.federation import (
@@ -65,7 +66,7 @@ def test_sigkill_mid_round_and_mid_close(database_url: str, tmp_path: Path) -> N
 
             # Crash while closing: the process dies after claiming the round (state closing, claim held).
             server.kill()
-            engine = create_engine(database_url)
+            engine = make_engine(database_url)
             with engine.begin() as conn:
                 claimed = conn.execute(
                     text("UPDATE rounds SET state = 'closing', claim_token = 'crashed', claimed_at = :t "

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import inspect
 
+from coordinator.db.engine import make_engine
 from coordinator.db.registry import metadata
 from tests.support.coordinator import CoordinatorProcess
 from tests.support.federation import federation_config
@@ -25,17 +26,17 @@ def _mfcpl(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 def test_db_upgrade_twice_is_a_noop(database_url: str, tmp_path: Path) -> None:
-    env = {"MFCPL_DATABASE_URL": database_url, "MFCPL_DATA_DIR": str(tmp_path)}
+    env = {"MFCPL_DATABASE_URL": database_url, "MFCPL_STATE_DIR": str(tmp_path)}
     for _ in range(2):
         done = _mfcpl("db", "upgrade", env=env)
         assert done.returncode == 0, done.stderr
-        assert "schema at 0001" in done.stdout
+        assert "schema at 0004" in done.stdout
     current = _mfcpl("db", "current", env=env)
-    assert current.stdout.split() == ["current", "0001", "head", "0001"]
-    engine = create_engine(database_url)
+    assert current.stdout.split() == ["current", "0004", "head", "0004"]
+    engine = make_engine(database_url)
     try:
         assert {"federations", "clients", "rounds", "updates", "model_versions", "prototype_sets", "events",
-                "evaluations", "blobs", "alembic_version"} <= set(inspect(engine).get_table_names())
+                "evaluations", "blobs", "idempotency_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), metadata)
         assert diff == [], diff
@@ -73,8 +74,8 @@ def test_coordinator_commands_do_not_import_torch() -> None:
 def test_generated_admin_token_is_private(tmp_path: Path) -> None:
     from coordinator.settings import Settings, ensure_admin_token
 
-    settings = Settings(data_dir=tmp_path, admin_token=None)
+    settings = Settings(state_dir=tmp_path, admin_token=None)
     token = ensure_admin_token(settings)
     path = tmp_path / "admin_token"
     assert path.read_text().strip() == token and (path.stat().st_mode & 0o777) == 0o600
-    assert ensure_admin_token(Settings(data_dir=tmp_path, admin_token=None)) == token
+    assert ensure_admin_token(Settings(state_dir=tmp_path, admin_token=None)) == token

@@ -24,7 +24,7 @@ def test_registry_names_and_errors(shared_data_dir: Path) -> None:
 
 
 def test_uci_har_from_the_registry_with_missing_modalities(shared_data_dir: Path, monkeypatch) -> None:
-    monkeypatch.setenv("MFCPL_DATA_DIR", str(shared_data_dir))  # data_dir=None resolves through the env
+    monkeypatch.setenv("MFCPL_DATASETS_DIR", str(shared_data_dir))  # data_dir=None resolves through the env
     fed = load_federation("uci_har", None, seed=4, subjects=[1, 3], missing_rule="client", missing_q=0.8)
     plain = uci_har_federation(data_dir=shared_data_dir, seed=4, subjects=[1, 3])
     direct, _ = simulate_missing(plain, "client", 0.8, 4)

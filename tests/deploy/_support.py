@@ -1,11 +1,10 @@
 """Helpers for the deployment tests: tool lookup, a throw-away CA and certificate, the nginx config templated
-for loopback, free ports."""
+for loopback, free ports (``coordinator.process.free_port``)."""
 
 from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -13,30 +12,30 @@ from pathlib import Path
 
 import pytest
 
+from coordinator.process import free_port as free_port  # re-exported for the deploy tests
+from tests.support.services import missing_service
+
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 NGINX_CONF = DEPLOY / "nginx" / "nginx.conf"
 
 
 def tool(name: str) -> str:
-    """Path of a CLI tool from the project's venv or PATH; fail (not skip) when missing: .ci/run installs it."""
+    """Path of a CLI tool from the project's venv or PATH. The Debian tools (nginx, openssl) that
+    scripts/test-services.sh could not install skip the test (fail it under CI=true); a missing venv tool fails."""
     beside_python = Path(sys.executable).parent / name
     if beside_python.exists():
         return str(beside_python)
     found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None and name in ("nginx", "openssl"):
+        missing_service(name, "not on PATH nor in /usr/sbin; Debian packages nginx-light, openssl")
     if found is None:
-        pytest.fail(f"{name} is not installed (.ci/run installs it; see pyproject.toml dev extra)")
+        pytest.fail(f"{name} is not installed (see the pyproject.toml dev extra)")
     return found
 
 
 def run_tool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=120)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)

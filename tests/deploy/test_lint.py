@@ -1,6 +1,6 @@
 """Static checks of deploy/: linters, schema validation, compose references, nginx syntax, settings agreement.
 
-Every tool is installed by .ci/run (pyproject `dev` extra, Debian nginx-light and openssl); a missing tool fails.
+The linters come with the `dev` extra (a missing one fails); nginx and openssl from scripts/test-services.sh.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import shutil
 import ssl
-import subprocess
 import tempfile
 import threading
 import time
@@ -20,6 +19,8 @@ import httpx
 import numpy as np
 import psycopg
 import pytest
+
+from coordinator.process import ServerProcess
 
 from ._replica import Replica, replica_env
 from ._round import run_round
@@ -73,33 +74,20 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     spool.chmod(0o755)
     conf = root / "nginx.conf"
     conf.write_text(render_nginx_conf([f"127.0.0.1:{port}"], https_port, http_port, pki, spool))
-    nginx_log = spool / "nginx.stderr"
-    with open(nginx_log, "wb") as log:
-        nginx = subprocess.Popen(nginx_command(conf, root), stdout=log, stderr=subprocess.STDOUT)
-    stack = Stack(replica, token, pki, f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}")
+    https_url = f"https://127.0.0.1:{https_port}"
+    # Ready when /readyz answers through the proxy, over TLS verified against the test CA.
+    nginx = ServerProcess(command=nginx_command(conf, root), port=https_port, log_path=spool / "nginx.stderr",
+                          ready_url=https_url + "/readyz", verify=ssl.create_default_context(cafile=str(pki.ca_cert)),
+                          ready_timeout_s=30.0, poll_s=0.1, name="nginx").launch()
+    stack = Stack(replica, token, pki, https_url, f"http://127.0.0.1:{http_port}")
     try:
         replica.wait_ready()
-        _wait_for_proxy(stack, nginx, nginx_log)
+        nginx.wait_ready()
         yield stack
     finally:
-        nginx.terminate()
-        nginx.wait(15)
+        nginx.stop()
         replica.stop()
         shutil.rmtree(spool, ignore_errors=True)
-
-
-def _wait_for_proxy(stack: Stack, nginx: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert nginx.poll() is None, f"nginx exited with {nginx.returncode}: {log.read_text()}"
-        try:
-            with stack.client() as client:
-                if client.get("/readyz").status_code == 200:
-                    return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"nginx not answering on {stack.https_url}: {log.read_text()}")
 
 
 class EventReader(threading.Thread):

@@ -13,8 +13,9 @@ from mfcpl.wire.schemas import FederationCreate, ModalitySpec
 UCI_HAR_NPZ = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci_har" / "uci_har.npz"
 
 
-def har_config(algorithm: str = "mfcpl", **training: object) -> FederationCreate:
-    options = training.pop("options", {})
+def har_config(
+    algorithm: str = "mfcpl", model: dict[str, object] | None = None, **training: object
+) -> FederationCreate:
     return FederationCreate.model_validate(
         {
             "name": "har",
@@ -24,7 +25,8 @@ def har_config(algorithm: str = "mfcpl", **training: object) -> FederationCreate
                 {"name": "acc", "kind": "timeseries", "shape": [128, 3]},
                 {"name": "gyro", "kind": "timeseries", "shape": [128, 3]},
             ],
-            "training": {**training, "options": options},
+            "model": model or {},
+            "training": training,
         }
     )
 

@@ -36,7 +36,7 @@ PATTERNS = {
 @pytest.mark.parametrize("space", ["normalized", "projection", "penultimate"])
 @pytest.mark.parametrize("pattern", list(PATTERNS))
 def test_every_missing_pattern_gives_finite_outputs_and_gradients(pattern, space):
-    model = build_model(har_config(options={"prototype_space": space}), seed=0)
+    model = build_model(har_config(model={"prototype_space": space}), seed=0)
     acc, gyro = PATTERNS[pattern]
     present = {"acc": torch.tensor(acc, dtype=torch.bool), "gyro": torch.tensor(gyro, dtype=torch.bool)}
     out = model(batch(4), present)
@@ -153,7 +153,7 @@ def test_bad_configs_raise_clear_errors():
     with pytest.raises(ValueError, match="text_encoder_path"):
         build_model(cfg)
     with pytest.raises(ValueError, match="prototype_space"):
-        build_model(har_config(options={"prototype_space": "spherical"}))
+        build_model(har_config(model={"prototype_space": "spherical"}))
     short = FederationCreate.model_validate({
         "name": "t", "num_classes": 2, "modalities": [{"name": "a", "kind": "timeseries", "shape": [4, 3]}]})
     with pytest.raises(ValueError, match="T >= 8"):

@@ -140,7 +140,7 @@ def test_samples_without_any_modality_are_skipped_and_an_empty_client_is_refused
 def test_config_and_model_must_agree_on_the_prototype_space(har_train):
     model = build_model(small_config("mfcpl"), seed=0)
     with pytest.raises(ValueError, match="prototype_space"):
-        train_local(model, har_train.subset(np.arange(8)), small_config(options={"prototype_space": "projection"}))
+        train_local(model, har_train.subset(np.arange(8)), small_config(model={"prototype_space": "projection"}))
 
 
 def test_fedprox_stays_closer_to_the_global_model_than_fedavg(har_train):
@@ -196,17 +196,17 @@ def test_mfcpl_prototype_source_all_builds_the_shared_level_from_every_sample(ha
     data = drop(har_train.subset(np.arange(30)), "gyro", np.arange(0, 30, 2))  # 15 complete, 15 acc only
     complete = train_local(build_model(small_config(), seed=0), data, small_config(), seed=0).prototypes
     assert complete["shared"].counts.sum() == 15
-    cfg = small_config(options={"prototype_source": "all"})
+    cfg = small_config(prototype_source="all")
     everything = train_local(build_model(cfg, seed=0), data, cfg, seed=0).prototypes
     assert everything["shared"].counts.sum() == 30
     with pytest.raises(ValueError, match="prototype_source"):
-        bad = small_config(options={"prototype_source": "some"})
+        bad = small_config(prototype_source="some")
         train_local(build_model(bad, seed=0), data, bad, seed=0)
 
 
 def test_the_cosine_head_term_exists_only_in_the_normalized_space(har_train):
     data = har_train.subset(np.arange(16))
     for space, expected in (("normalized", True), ("penultimate", False)):
-        cfg = small_config(options={"prototype_space": space})
+        cfg = small_config(model={"prototype_space": space})
         metrics = train_local(build_model(cfg, seed=0), data, cfg, seed=0).metrics
         assert ("train_proto_ce" in metrics) is expected, space

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 from starlette.responses import PlainTextResponse, Response
 
 from client_sdk import errors
 from client_sdk.client import MfcplClient
+from mfcpl.wire.errors import ERROR_STATUS, GENERIC_CODE
 from mfcpl.wire.schemas import ClientProfile
 from tests.sdk_http.livehttp import ScriptedServer
 from tests.sdk_http.wire import json_response, problem
@@ -67,6 +69,15 @@ def test_malformed_success_body_is_an_invalid_response(scripted: ScriptedServer)
     scripted.route("GET", "/v1/federations/fed1")(lambda seen, r: json_response({"id": "fed1"}))
     with MfcplClient(scripted.url, "t") as client, pytest.raises(errors.InvalidResponseError, match="Federation"):
         client.federations.get("fed1")
+
+
+def test_statuses_and_fallback_codes_follow_the_wire_table() -> None:
+    for status, code in GENERIC_CODE.items():
+        answer = errors.problem_from_response(httpx.Response(status))
+        assert (answer.status, answer.code) == (status, code)
+    assert errors.problem_from_response(httpx.Response(429)).code == "http_error"
+    for code, status in ERROR_STATUS.items():  # a status the coordinator answers is never a ServerError below 500
+        assert issubclass(errors.error_class_for_status(status), errors.ServerError) == (status >= 500), code
 
 
 def test_builtin_names_are_not_shadowed() -> None:

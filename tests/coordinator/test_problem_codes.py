@@ -1,0 +1,87 @@
+"""The one table of problem codes (``mfcpl.wire.errors``) is complete, and everything that names a code and a
+status derives from it: ``ProblemError``, the OpenAPI document's problem examples, the framework-error
+mapping, and the code table in docs/api.md."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.app import create_app
+from coordinator.openapi import PROBLEM_EXAMPLES
+from coordinator.problems import ProblemError, code_of_status
+from coordinator.settings import Settings
+from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE
+from mfcpl.wire.errors import ERROR_STATUS, GENERIC_CODE, ErrorCode, status_of, title_of
+from mfcpl.wire.tensors import TensorFormatError
+
+API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+# A row of the code table: | 409 | `round_not_open` | ... (one cell may name several codes).
+ROW = re.compile(r"^\|\s*(\d{3})\s*\|([^|]*)\|")
+
+
+def test_every_code_has_one_status_and_every_generic_code_answers_its_status() -> None:
+    assert set(ERROR_STATUS) == set(ErrorCode)
+    for status, code in GENERIC_CODE.items():
+        assert ERROR_STATUS[code] == status, code
+    assert status_of("no_such_code") == 500
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+def test_problem_error_takes_its_status_from_the_code(code: ErrorCode) -> None:
+    problem = ProblemError(code, "why")
+    assert (problem.status, problem.code, problem.title) == (ERROR_STATUS[code], str(code), title_of(problem.status))
+
+
+def test_tensor_errors_keep_their_code_and_answer_422() -> None:
+    for code in ("malformed_tensors", "dtype_mismatch", "non_finite", "a_code_from_a_newer_wire"):
+        problem = ProblemError.from_tensor_error(TensorFormatError(code, "bad"))
+        assert (problem.status, problem.code) == (422, code)
+
+
+def test_framework_errors_get_the_generic_code_of_their_status() -> None:
+    for status, code in GENERIC_CODE.items():
+        assert code_of_status(status) == code
+    assert code_of_status(405) == ErrorCode.BAD_REQUEST
+    assert code_of_status(502) == ErrorCode.INTERNAL
+
+
+def test_api_doc_lists_every_code_with_its_status() -> None:
+    documented: dict[str, int] = {}
+    for line in API_DOC.read_text().splitlines():
+        match = ROW.match(line)
+        if match:
+            for code in re.findall(r"`([a-z_]+)`", match.group(2)):
+                documented[code] = int(match.group(1))
+    assert documented == {str(code): status for code, status in ERROR_STATUS.items()}
+
+
+def _problem_examples(node: Any) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        media = node.get(PROBLEM_CONTENT_TYPE)
+        if isinstance(media, dict) and "example" in media:
+            found.append(media["example"])
+        for value in node.values():
+            found += _problem_examples(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _problem_examples(value)
+    return found
+
+
+def test_openapi_problem_examples_follow_the_table(tmp_path: Path) -> None:
+    settings = Settings(admin_token="codes", database_url=f"sqlite:///{tmp_path / 'mfcpl.db'}",
+                        blob_dir=tmp_path / "blobs")
+    app = create_app(settings)
+    try:
+        examples = _problem_examples(app.openapi())
+    finally:
+        app.state.services.db.dispose()
+    assert examples
+    for example in examples:
+        assert example["status"] == ERROR_STATUS[ErrorCode(example["code"])], example
+    assert all(example == PROBLEM_EXAMPLES[example["status"]] for example in examples)
