@@ -93,8 +93,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             services.db.dispose()
 
+    # redirect_slashes=False: a trailing slash is a 404, never a redirect built from the request's Host header.
     app = FastAPI(title="mfcpl coordinator", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False)
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)

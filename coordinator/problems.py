@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import re
 import time
 from typing import Any
 
@@ -32,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coordinator.db.engine import database_fault
-from mfcpl.wire.constants import PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE
+from mfcpl.wire.constants import API_PREFIX, PROBLEM_CONTENT_TYPE, SAFETENSORS_CONTENT_TYPE
 from mfcpl.wire.errors import ERROR_STATUS, GENERIC_CODE, ErrorCode, status_of, title_of
 from mfcpl.wire.schemas import Problem
 from mfcpl.wire.tensors import TensorFormatError
@@ -113,6 +114,44 @@ def _jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _unauthenticated(request: Request) -> JSONResponse | None:
+    """The 401 a request under the API prefix gets when its token is missing or unknown, else None.
+
+    FastAPI parses and validates the body before the routes' auth dependencies run; this puts authentication
+    first for requests the framework refuses on its own.
+    """
+    if not request.url.path.startswith(API_PREFIX + "/"):
+        return None
+    from coordinator.auth import authenticate, bearer_token  # auth imports this module
+
+    try:
+        authenticate(request.app.state.services, bearer_token(request))
+    except ProblemError as exc:
+        return problem_response(exc.code, exc.detail, status=exc.status, instance=request.url.path,
+                                headers=exc.headers)
+    except Exception:  # the database cannot say: answer what the framework found
+        log.info("token check before a refused body failed", exc_info=True)
+    return None
+
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path (Starlette's own 405 names only the first route's).
+
+    Read from the OpenAPI document, the public description of the routes, compiled once per app."""
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(request.app.state, "allowed_methods", None)
+    if table is None:
+        table = []
+        for template, operations in request.app.openapi().get("paths", {}).items():
+            parts = re.split(r"(\{[^}/]+\})", template)
+            pattern = "".join("[^/]+" if part.startswith("{") else re.escape(part) for part in parts)
+            table.append((re.compile(f"^{pattern}$"), {m.upper() for m in operations if m in HTTP_METHODS}))
+        request.app.state.allowed_methods = table
+    return sorted(set().union(*(methods for pattern, methods in table if pattern.match(request.url.path))))
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> JSONResponse:
@@ -126,6 +165,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        denied = _unauthenticated(request)  # never tell an anonymous caller what is wrong with its request
+        if denied is not None:
+            return denied
         errors = _jsonable_errors(exc.errors())
         first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
         detail = f"{'.'.join(first['loc'])}: {first['msg']}" if first["loc"] else str(first["msg"])
@@ -133,11 +175,19 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            denied = _unauthenticated(request)  # a body that cannot be parsed: the token is checked first
+            if denied is not None:
+                return denied
         detail = exc.detail if isinstance(exc.detail, str) else title_of(exc.status_code)
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no resource at {request.url.path}"
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {headers['Allow']}"
         return problem_response(code_of_status(exc.status_code), detail, status=exc.status_code,
-                                instance=request.url.path, headers=getattr(exc, "headers", None))
+                                instance=request.url.path, headers=headers or None)
 
     @app.exception_handler(OverflowError)
     @app.exception_handler(DataError)

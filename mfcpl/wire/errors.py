@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     TOO_MANY_REQUESTS = "too_many_requests"
     REQUEST_TIMEOUT = "request_timeout"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     INTERNAL = "internal_error"
     DATABASE_BUSY = "database_busy"
     DATABASE_UNAVAILABLE = "database_unavailable"
@@ -63,6 +64,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.IDEMPOTENCY_CONFLICT: 409,
     ErrorCode.TOO_MANY_REQUESTS: 429,
     ErrorCode.REQUEST_TIMEOUT: 408,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.INTERNAL: 500,
     ErrorCode.DATABASE_BUSY: 503,
     ErrorCode.DATABASE_UNAVAILABLE: 503,
@@ -77,6 +79,7 @@ GENERIC_CODE: dict[int, ErrorCode] = {
     403: ErrorCode.FORBIDDEN,
     404: ErrorCode.NOT_FOUND,
     408: ErrorCode.REQUEST_TIMEOUT,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
     409: ErrorCode.CONFLICT,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
     415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,

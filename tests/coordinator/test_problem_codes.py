@@ -45,7 +45,8 @@ def test_tensor_errors_keep_their_code_and_answer_422() -> None:
 def test_framework_errors_get_the_generic_code_of_their_status() -> None:
     for status, code in GENERIC_CODE.items():
         assert code_of_status(status) == code
-    assert code_of_status(405) == ErrorCode.BAD_REQUEST
+    assert code_of_status(405) == ErrorCode.METHOD_NOT_ALLOWED
+    assert code_of_status(418) == ErrorCode.BAD_REQUEST
     assert code_of_status(502) == ErrorCode.INTERNAL
 
 

@@ -31,7 +31,7 @@ from tests.support.federation import (
 BUDGET_S = 90.0  # hard bound of the whole soak
 DEADLINE_S = 4.0
 GRACE_S = 6.0  # close work after the deadline: the timer tick, aggregation, a stuck close reclaimed
-ROUNDS = 4
+ROUNDS = 8
 FAULTS = ["none", "none", "none", "crash", "disconnect", "duplicate", "extreme"]
 
 
@@ -121,7 +121,7 @@ def test_soak_every_round_ends_and_every_acknowledged_update_counts_once(coordin
     tally = Tally()
     federations: list[tuple[str, str, list[EnrolledClient]]] = []
     with coordinator.client() as admin:
-        for i, algorithm in enumerate(["fedavg", "mfcpl", "fedopt"]):
+        for i, algorithm in enumerate(["fedavg", "mfcpl", "fedopt", "fedprox"]):
             fid = create_federation(admin, small_model(0), algorithm=algorithm, rounds=ROUNDS, clients_per_round=3,
                                     quorum=1, round_deadline_s=DEADLINE_S, lease_s=60, seed=i)
             federations.append((fid, algorithm, [enroll(admin, fid, f"f{i}-c{j}") for j in range(4)]))
