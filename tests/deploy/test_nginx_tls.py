@@ -153,10 +153,9 @@ def test_tls_is_verified_against_the_test_ca(stack: Stack) -> None:
 
 def test_forwarded_headers_come_from_the_proxy(stack: Stack) -> None:
     with stack.client(follow_redirects=False) as client:
-        # The coordinator builds this redirect from X-Forwarded-Proto and Host: https and the public port.
-        redirect = client.get("/v1/federations/")
-        assert redirect.status_code == 307
-        assert redirect.headers["location"] == f"{stack.https_url}/v1/federations"
+        # The coordinator builds no URL from forwarded or Host headers: a trailing slash is a 404, not a redirect.
+        slash = client.get("/v1/federations/", headers={"X-Forwarded-Host": "evil.example"})
+        assert slash.status_code == 404 and "location" not in slash.headers
         # A client's own X-Forwarded-For is replaced by the address nginx saw.
         marker = secrets.token_hex(8)
         assert client.get(f"/healthz?probe={marker}", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
