@@ -66,6 +66,9 @@ from mfcpl.wire.schemas import (
     RoundMetrics,
     Task,
     UpdateReceipt,
+    ViewerToken,
+    ViewerTokenCreate,
+    ViewerTokenCreated,
 )
 from mfcpl.wire.tensors import (
     PrototypeTable,
@@ -221,6 +224,7 @@ class MfcplClient:
         self.evaluations = Evaluations(self)
         self.metrics = Metrics(self)
         self.events = Events(self)
+        self.viewer_tokens = ViewerTokens(self)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:
@@ -561,6 +565,23 @@ class Evaluations(_Resource):
             json_body=_body(evaluation),
             idempotency_key=idempotency_key,
         )
+
+
+class ViewerTokens(_Resource):
+    """Read-only viewer tokens (admin): mint one for a dashboard, list them, revoke one."""
+
+    def create(self, label: str) -> ViewerTokenCreated:
+        """The returned ``token`` is shown once."""
+        return self._client._json("POST", f"{API_PREFIX}/viewer-tokens", ViewerTokenCreated,
+                                  json_body=_body(ViewerTokenCreate(label=label)))
+
+    def list(self) -> list[ViewerToken]:
+        return self._client._json_list(f"{API_PREFIX}/viewer-tokens", ViewerToken)
+
+    def revoke(self, token_id: str) -> ViewerToken:
+        if not token_id or "/" in token_id:
+            raise ValueError(f"bad viewer token id {token_id!r}")
+        return self._client._json("DELETE", f"{API_PREFIX}/viewer-tokens/{token_id}", ViewerToken)
 
 
 class Metrics(_Resource):

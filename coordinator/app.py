@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from coordinator.clients.router import router as clients_router
 from coordinator.core import Services
@@ -20,14 +21,17 @@ from coordinator.federations.router import router as federations_router
 from coordinator.health.router import router as health_router
 from coordinator.metrics.router import router as metrics_router
 from coordinator.model_versions.router import router as models_router
-from coordinator.openapi import install_openapi
+from coordinator.observability import HttpMetricsMiddleware
+from coordinator.openapi import install_openapi, install_redoc
 from coordinator.problems import BodySizeLimitMiddleware, RequestGuardMiddleware, install_problem_handlers
 from coordinator.retention import run_periodically as collect_garbage_periodically
 from coordinator.rounds.router import router as rounds_router
 from coordinator.rounds.router import tasks_router
 from coordinator.rounds.timer import tick
 from coordinator.settings import Settings, ensure_admin_token
+from coordinator.ui import install_ui
 from coordinator.updates.router import router as updates_router
+from coordinator.viewers.router import router as viewers_router
 from mfcpl import __version__
 from mfcpl.wire.constants import API_PREFIX
 
@@ -55,6 +59,7 @@ TAGS = [
     {"name": "models", "description": "Immutable model versions and complete prototypes (ETag = sha256)."},
     {"name": "metrics", "description": "Per-round training metrics and evaluations."},
     {"name": "events", "description": "Server-sent events of round transitions."},
+    {"name": "viewer tokens", "description": "Read-only tokens for dashboards (operator)."},
     {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
 ]
 
@@ -94,8 +99,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             services.db.dispose()
 
     # redirect_slashes=False: a trailing slash is a 404, never a redirect built from the request's Host header.
-    app = FastAPI(title="mfcpl coordinator", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
-                  lifespan=lifespan, redirect_slashes=False)
+    # /docs and /redoc serve Swagger UI and ReDoc from the assets installed with fastapi-offline (under
+    # /docs-assets; ReDoc without Google fonts): nothing is fetched from a CDN. Authorize persists in the page.
+    app = FastAPIOffline(title="mfcpl coordinator", version=__version__, description=DESCRIPTION, openapi_tags=TAGS,
+                         lifespan=lifespan, redirect_slashes=False, static_url="/docs-assets",
+                         swagger_ui_parameters={"persistAuthorization": True}, redoc_url=None)
+    install_redoc(app, "/docs-assets")
     app.state.services = services
     install_problem_handlers(app)
     install_openapi(app)
@@ -106,8 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["ETag"])
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: Prometheus HTTP metrics of every answer (observability)
     for router in (federations_router, clients_router, tasks_router, rounds_router, updates_router, models_router,
-                   metrics_router, events_router):
+                   metrics_router, events_router, viewers_router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(health_router)
+    install_ui(app)  # the dashboard at /ui/ (coordinator/ui/), with its own Content-Security-Policy
     return app

@@ -87,7 +87,7 @@ def limiter_of(request: Request) -> TokenLimiter:
 
 
 def token_key(principal: Principal) -> str:
-    return "admin" if principal.is_admin else f"client:{principal.client_id}"
+    return principal.key
 
 
 def slot(kind: SlotKind, auth: Callable[..., Principal]) -> Callable[..., AsyncIterator[None]]:

@@ -13,6 +13,8 @@
 #                                    client_max_body_size must match it
 #   MFCPL_ACCESS_LOG                 log every request (false: the proxy's access log already does)
 #   MFCPL_LOG_CONFIG                 logging dictConfig (JSON) for uvicorn and the coordinator (logging.json here)
+#   PROMETHEUS_MULTIPROC_DIR         where the workers keep their Prometheus metrics, summed at each scrape
+#                                    (/tmp/mfcpl-prometheus); emptied of its *.db files at each start
 set -eu
 
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
@@ -44,6 +46,13 @@ case "$MFCPL_MIGRATE_ON_START" in
     exit 64
     ;;
 esac
+
+# Prometheus multiprocess mode: every worker writes its counters there and /metrics sums all of them, so each
+# scrape gives the same totals whichever worker answers (docs/operations.md, "Observability").
+: "${PROMETHEUS_MULTIPROC_DIR:=/tmp/mfcpl-prometheus}"
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+rm -f "$PROMETHEUS_MULTIPROC_DIR"/*.db
+export PROMETHEUS_MULTIPROC_DIR
 
 case "$MFCPL_ACCESS_LOG" in
   true | 1 | yes) access_log=--access-log ;;

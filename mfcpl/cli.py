@@ -4,6 +4,14 @@ so the coordinator commands never import torch).
 Each command imports only what it needs: the operator commands need the base install (httpx), ``serve`` and
 ``db`` the ``server`` extra, ``client run``, ``simulate`` and ``sweep`` the ``client`` extra (torch). A missing
 extra ends the command with exit status 2 and a message naming the extra, not a traceback.
+
+Exit status: 0 done; 1 an error from the coordinator (or it cannot be reached, or no admin token); 2 a usage
+error or a missing extra; 3 ``simulate`` only: the federation stopped (cancelled, paused too long, no round
+opened); 130 ``watch`` ended with Ctrl-C. Output cut short by a closed pipe (``mfcpl federation list | head``)
+ends quietly with status 0.
+
+The CLI is argparse (the standard library) on purpose: the operator commands must run on the base install
+(httpx, pydantic, numpy), and the tables here are plain text; see docs/operations.md, "Watching a federation".
 """
 
 from __future__ import annotations
@@ -19,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_SERVER = "http://127.0.0.1:8080"
+EXIT_ERROR = 1
 EXIT_MISSING_EXTRA = 2
+EXIT_INTERRUPTED = 130
 
 # Subcommands handed whole to other modules: name -> (module, function).
 PASS_THROUGH = {
@@ -91,20 +101,42 @@ def _operator_parent() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mfcpl", description="mfcpl coordinator and tools")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of a table")
 
-    serve = sub.add_parser("serve", help="run the coordinator (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("mfcpl")
+    except PackageNotFoundError:
+        from mfcpl import __version__
+
+        return __version__
+
+
+EPILOG = ("exit status: 0 ok, 1 error from the coordinator (or unreachable, or no admin token), "
+          "2 usage error or missing extra, 3 federation stopped (simulate), 130 watch interrupted (Ctrl-C)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfcpl", description="mfcpl coordinator and tools", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"mfcpl {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the coordinator (uvicorn)", description="run the coordinator (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
     serve.add_argument("--proxy-headers", action="store_true", help="trust X-Forwarded-* from allowed proxies")
     serve.add_argument("--forwarded-allow-ips", default=None, help="proxies trusted for X-Forwarded-* headers")
-    serve.add_argument("--timeout-keep-alive", type=int, default=5)
+    serve.add_argument("--timeout-keep-alive", type=int, default=5, metavar="SECONDS",
+                       help="close idle keep-alive connections after this long (default 5)")
     serve.add_argument("--graceful-timeout", type=int, default=10, metavar="SECONDS",
                        help="on SIGTERM/SIGINT, wait this long for requests in flight, then cancel them (default 10)")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default="info", help="debug, info (default), warning, error")
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -116,32 +148,85 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
 
     operator = _operator_parent()
-    federation = sub.add_parser("federation", help="operator: federations")
-    fed_sub = federation.add_subparsers(dest="federation_command", required=True)
-    create = fed_sub.add_parser("create", parents=[operator], help="create a federation from a JSON config")
+    federation = sub.add_parser("federation", help="operator: create, list, inspect, pause, resume, cancel",
+                                description="operator commands on federations", epilog=EPILOG)
+    fed_sub = federation.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
+    create = fed_sub.add_parser("create", parents=[operator], help="create a federation from a JSON config",
+                                description="create a federation from a JSON config; prints it as JSON")
     create.add_argument("--file", required=True, type=Path, help="FederationCreate JSON ('-' for stdin)")
-    fed_sub.add_parser("list", parents=[operator], help="list federations")
-    upload = fed_sub.add_parser("upload-model", parents=[operator], help="upload model version 0 (safetensors)")
-    upload.add_argument("--federation", required=True)
-    upload.add_argument("--file", required=True, type=Path)
+    listing = fed_sub.add_parser("list", parents=[operator], help="list federations (a table; --json for scripts)",
+                                 description="list federations: id, name, status, round, latest model")
+    _json_flag(listing)
+    status = fed_sub.add_parser("status", parents=[operator], help="one federation's state and why it waits",
+                                description="one federation: status, the reason it waits, its round and model")
+    status.add_argument("fid", metavar="FID", help="federation id")
+    _json_flag(status)
+    upload = fed_sub.add_parser("upload-model", parents=[operator], help="upload model version 0 (safetensors)",
+                                description="upload model version 0 (safetensors); prints it as JSON")
+    upload.add_argument("--federation", required=True, metavar="FID", help="federation id")
+    upload.add_argument("--file", required=True, type=Path, help="the model's .safetensors file")
     for action in ("pause", "resume", "cancel"):
-        fed_action = fed_sub.add_parser(action, parents=[operator], help=f"{action} a federation")
-        fed_action.add_argument("--federation", required=True)
+        fed_action = fed_sub.add_parser(action, parents=[operator], help=f"{action} a federation",
+                                        description=f"{action} a federation; prints it as JSON")
+        fed_action.add_argument("--federation", required=True, metavar="FID", help="federation id")
 
-    client = sub.add_parser("client", help="operator: enrol clients; otherwise runs an edge node (client_sdk.node)",
-                            add_help=False)
-    client.add_argument("rest", nargs=argparse.REMAINDER)
-    for name in ("simulate", "sweep"):
-        tool = sub.add_parser(name, help=f"client_sdk experiments: {name}", add_help=False)
-        tool.add_argument("rest", nargs=argparse.REMAINDER)
+    rounds = sub.add_parser("rounds", parents=[operator], help="operator: a federation's rounds (a table)",
+                            description="a federation's rounds: state, updates received, model, times, failures",
+                            epilog=EPILOG)
+    rounds.add_argument("fid", metavar="FID", help="federation id")
+    _json_flag(rounds)
+    metrics = sub.add_parser("metrics", parents=[operator], help="operator: per-round metrics (a table)",
+                             description="per-round metrics: the clients' averaged training metrics and the "
+                             "evaluations recorded for each round's model", epilog=EPILOG)
+    metrics.add_argument("fid", metavar="FID", help="federation id")
+    metrics.add_argument("--last", type=int, default=None, metavar="N", help="only the last N rounds")
+    _json_flag(metrics)
+    watch = sub.add_parser("watch", parents=[operator], help="operator: follow a federation live until it ends",
+                           description="follow a federation's events live: rounds opening and closing, updates "
+                           "arriving, metrics, why it waits; ends when the federation completes or is cancelled "
+                           "(exit 0), or on Ctrl-C (exit 130)", epilog=EPILOG)
+    watch.add_argument("fid", metavar="FID", help="federation id")
+    watch.add_argument("--json", action="store_true", help="print each event as one JSON line (for scripts)")
+    watch.add_argument("--quiet-updates", action="store_true", help="do not print a line per update received")
+
+    viewer = sub.add_parser("viewer-token", help="operator: read-only tokens for dashboards",
+                            description="read-only viewer tokens (a dashboard, not the admin token)", epilog=EPILOG)
+    viewer_sub = viewer.add_subparsers(dest="viewer_command", required=True, metavar="ACTION")
+    minted = viewer_sub.add_parser("create", parents=[operator], help="mint a viewer token (the token is shown once)",
+                                   description="mint a viewer token; prints its id and the token (shown once)")
+    minted.add_argument("--label", required=True, help="what the token is for, e.g. 'lab dashboard'")
+    _json_flag(minted)
+    _json_flag(viewer_sub.add_parser("list", parents=[operator], help="list viewer tokens (never the tokens)",
+                                     description="every viewer token, revoked ones included, oldest first"))
+    revoke = viewer_sub.add_parser("revoke", parents=[operator], help="revoke a viewer token (stops working at once)",
+                                   description="revoke a viewer token; it stops working at once")
+    revoke.add_argument("token_id", metavar="ID", help="the viewer token's id (vwt_...)")
+    _json_flag(revoke)
+
+    sub.add_parser("client", help="operator: enroll clients; run: an edge node (mfcpl client --help)",
+                   add_help=False).add_argument("rest", nargs=argparse.REMAINDER, help="enroll ... | run ...")
+    for name, what in (("simulate", "one simulated federation (experiments)"),
+                       ("sweep", "a resumable grid of simulations (experiments)")):
+        tool = sub.add_parser(name, help=f"{what}; mfcpl {name} --help", add_help=False)
+        tool.add_argument("rest", nargs=argparse.REMAINDER, help=f"the options of mfcpl {name}")
+    return parser
+
+
+def client_parser() -> argparse.ArgumentParser:
+    """``mfcpl client``: only for its help (``enroll`` is parsed by :func:`_enroll_parser`, ``run`` by the node)."""
+    parser = argparse.ArgumentParser(prog="mfcpl client", description="clients of a federation", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="client_command", required=True, metavar="ACTION")
+    sub.add_parser("enroll", help="operator: enrol a client; prints its id and token (shown once)")
+    sub.add_parser("run", help="run an edge node that trains for a federation (needs the client extra)")
     return parser
 
 
 def _enroll_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mfcpl client enroll", parents=[_operator_parent()],
-                                     description="enrol a client; prints its id and token (shown once)")
-    parser.add_argument("--federation", required=True)
-    parser.add_argument("--name", required=True)
+                                     description="enrol a client; prints its id and token (shown once) as JSON",
+                                     epilog=EPILOG)
+    parser.add_argument("--federation", required=True, metavar="FID", help="federation id")
+    parser.add_argument("--name", required=True, help="the client's name, unique in the federation")
     return parser
 
 
@@ -204,6 +289,80 @@ def _print(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
 
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned columns, two spaces apart; ``-`` for None."""
+    cells = [[str(h) for h in headers]] + [["-" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
+def _time(value: str | None) -> str | None:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS`` (UTC, as the API gives it)."""
+    return None if value is None else value.replace("T", " ")[:19]
+
+
+def _seconds_between(start: str | None, end: str | None) -> str | None:
+    from datetime import datetime
+
+    if not start or not end:
+        return None
+    return f"{(datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds():.1f}s"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _federation_rows(feds: Sequence[dict[str, Any]]) -> str:
+    rows = [(f["id"], f["config"]["name"], f["status"], f"{f.get('current_round') or 0}/{f['config']['rounds']}",
+             f.get("latest_model_version"), _time(f.get("updated_at"))) for f in feds]
+    return _table(("ID", "NAME", "STATUS", "ROUND", "MODEL", "UPDATED (UTC)"), rows)
+
+
+def _federation_detail(fed: dict[str, Any]) -> str:
+    config = fed["config"]
+    pairs = [
+        ("id", fed["id"]),
+        ("name", config["name"]),
+        ("algorithm", config.get("algorithm")),
+        ("status", fed["status"]),
+        ("reason", fed.get("status_reason")),
+        ("round", f"{fed.get('current_round') or 0} of {config['rounds']}"),
+        ("clients per round", config.get("clients_per_round")),
+        ("latest model", fed.get("latest_model_version")),
+        ("created (UTC)", _time(fed.get("created_at"))),
+        ("updated (UTC)", _time(fed.get("updated_at"))),
+    ]
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{k:<{width}}  {'-' if v is None else v}" for k, v in pairs)
+
+
+def _rounds_table(rounds: Sequence[dict[str, Any]]) -> str:
+    rows = [(r["number"], r["state"], f"{r['received']}/{len(r['participants'])}", r["quorum"],
+             r.get("input_model_version"), r.get("output_model_version"), _time(r.get("opened_at")),
+             _seconds_between(r.get("opened_at"), r.get("closed_at")), r.get("failure_reason"))
+            for r in rounds]
+    return _table(("ROUND", "STATE", "RECEIVED", "QUORUM", "MODEL IN", "MODEL OUT", "OPENED (UTC)", "TOOK",
+                   "FAILURE"), rows)
+
+
+def _metrics_table(history: Sequence[dict[str, Any]]) -> str:
+    train_keys = sorted({k for m in history for k in m.get("train", {})})
+    eval_keys = sorted({(split, k) for m in history for split, values in m.get("evaluations", {}).items()
+                        for k in values})
+    headers = ["ROUND", "STATE", "RECEIVED"] + [k if k.startswith("train") else f"train_{k}" for k in train_keys]
+    headers += [f"{split}_{k}" for split, k in eval_keys] + ["AGG S"]
+    rows = []
+    for m in history:
+        row: list[Any] = [m["round"], m["state"], f"{m['received']}/{m['participants']}"]
+        row += [_number(m["train"][k]) if k in m.get("train", {}) else None for k in train_keys]
+        row += [_number(m["evaluations"].get(split, {}).get(k)) if k in m["evaluations"].get(split, {}) else None
+                for split, k in eval_keys]
+        row.append(None if m.get("aggregation_s") is None else f"{m['aggregation_s']:.2f}")
+        rows.append(row)
+    return _table(headers, rows)
+
+
 def _serve(args: argparse.Namespace) -> int:
     _require("mfcpl serve", SERVER_MODULES)
     import uvicorn
@@ -231,7 +390,11 @@ def _serve(args: argparse.Namespace) -> int:
     }
     if args.forwarded_allow_ips:
         options["forwarded_allow_ips"] = args.forwarded_allow_ips
-    uvicorn.run("coordinator.app:create_app", **options)
+    from coordinator.observability import worker_metrics_dir
+
+    # Several workers: one Prometheus view of all of them (PROMETHEUS_MULTIPROC_DIR, docs/operations.md).
+    with worker_metrics_dir(args.workers):
+        uvicorn.run("coordinator.app:create_app", **options)
     return 0
 
 
@@ -274,7 +437,14 @@ def _federation(args: argparse.Namespace) -> int:
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text()
         _print(_request(args, "POST", "/federations", json=json.loads(text)))
     elif command == "list":
-        _print(_request(args, "GET", "/federations"))
+        feds = _request(args, "GET", "/federations")
+        if args.json:
+            _print(feds)
+        else:
+            print(_federation_rows(feds) if feds else "no federations")
+    elif command == "status":
+        fed = _request(args, "GET", f"/federations/{args.fid}")
+        _print(fed) if args.json else print(_federation_detail(fed))
     elif command == "upload-model":
         _print(_request(args, "POST", f"/federations/{args.federation}/models", content=args.file.read_bytes(),
                         headers={"Content-Type": "application/vnd.safetensors"}))
@@ -283,10 +453,139 @@ def _federation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rounds(args: argparse.Namespace) -> int:
+    rounds = _request(args, "GET", f"/federations/{args.fid}/rounds")
+    if args.json:
+        _print(rounds)
+    else:
+        print(_rounds_table(rounds) if rounds else "no rounds yet")
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    history = _request(args, "GET", f"/federations/{args.fid}/metrics")
+    if args.last is not None:
+        history = history[-args.last:] if args.last > 0 else []
+    if args.json:
+        _print(history)
+    else:
+        print(_metrics_table(history) if history else "no rounds yet")
+    return 0
+
+
+def _event_line(event: Any, quiet_updates: bool) -> str | None:
+    """One human line for an :class:`~mfcpl.wire.schemas.Event` (None: nothing to print)."""
+    data, rnd, kind = event.data, event.round, str(event.type)
+    stamp = event.created_at.strftime("%H:%M:%S")
+    if kind == "round.opened":
+        text = (f"round {rnd} opened: {len(data.get('participants', []))} participants, quorum {data.get('quorum')},"
+                f" model v{data.get('input_model_version')}, deadline {_time(data.get('deadline'))}")
+    elif kind == "update.received":
+        if quiet_updates:
+            return None
+        text = f"round {rnd}: update {data.get('received')}/{data.get('participants')} received"
+    elif kind == "round.closed":
+        train = data.get("train_metrics") or {}
+        shown = ", ".join(f"{k} {_number(v)}" for k, v in sorted(train.items()))
+        took = data.get("aggregation_s")
+        text = (f"round {rnd} closed: {data.get('received')} updates -> model v{data.get('output_model_version')}"
+                + (f" (aggregated in {took:.2f}s)" if isinstance(took, (int, float)) else "")
+                + (f"; {shown}" if shown else ""))
+    elif kind == "round.failed":
+        text = f"round {rnd} failed: {data.get('reason')}"
+    elif kind == "federation.waiting":
+        text = f"waiting: {data.get('reason')}"
+    elif kind == "federation.status":
+        text = f"status: {data.get('status')}" + (f" ({data['reason']})" if data.get("reason") else "")
+    else:
+        text = f"{kind} {json.dumps(data)}"
+    return f"{stamp}  {text}"
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from client_sdk.client import MfcplClient
+    from client_sdk.errors import MfcplError
+
+    client = MfcplClient(args.server, _admin_token(args.token), timeout=30.0)
+    stream = None
+    try:
+        fed = client.federations.get(args.fid)
+        if not args.json:
+            print(f"watching {fed.id} ({fed.config.name}): {fed.status}, round {fed.current_round or 0} of "
+                  f"{fed.config.rounds}" + (f"; {fed.status_reason}" if fed.status_reason else ""), flush=True)
+        stream = client.events.stream(args.fid)
+        for event in stream:
+            if args.json:
+                print(event.model_dump_json(), flush=True)
+            elif (line := _event_line(event, args.quiet_updates)) is not None:
+                print(line, flush=True)
+        fed = client.federations.get(args.fid)
+        if not args.json:
+            print(f"federation {fed.id} {fed.status} at round {fed.current_round or 0} of {fed.config.rounds}"
+                  + (f", latest model v{fed.latest_model_version}" if fed.latest_model_version is not None else ""))
+            history = client.metrics.history(args.fid)
+            if history:
+                print(_metrics_table([m.model_dump(mode="json") for m in history[-1:]]))
+        return 0
+    except KeyboardInterrupt:
+        print("stopped watching (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MfcplError as error:
+        print(f"mfcpl watch: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        if stream is not None:
+            stream.close()
+        client.close()
+
+
+def _viewer_token(args: argparse.Namespace) -> int:
+    if args.viewer_command == "create":
+        minted = _request(args, "POST", "/viewer-tokens", json={"label": args.label})
+        if args.json:
+            _print(minted)
+        else:
+            print(f"viewer token {minted['id']} ({minted['label']}); the token, shown only now:\n{minted['token']}")
+        return 0
+    if args.viewer_command == "list":
+        tokens = _request(args, "GET", "/viewer-tokens")
+    else:
+        tokens = [_request(args, "DELETE", f"/viewer-tokens/{args.token_id}")]
+    if args.json:
+        _print(tokens if args.viewer_command == "list" else tokens[0])
+    elif tokens:
+        print(_table(("ID", "LABEL", "REVOKED", "CREATED (UTC)", "REVOKED AT (UTC)"),
+                     [(t["id"], t["label"], "yes" if t.get("revoked") else "no", _time(t.get("created_at")),
+                       _time(t.get("revoked_at"))) for t in tokens]))
+    else:
+        print("no viewer tokens")
+    return 0
+
+
+def _client_help(argv: list[str]) -> bool:
+    """``mfcpl client``, ``mfcpl client -h``: the help that lists enroll and run."""
+    return not argv or argv[0] in ("-h", "--help")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """The ``mfcpl`` command; a closed stdout pipe (``| head``) ends it quietly."""
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Python would print the error again at exit while flushing: point stdout at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     if argv and argv[0] in ("simulate", "sweep"):
         return _pass_through(argv[0], argv[1:])
+    if argv and argv[0] == "client" and _client_help(argv[1:]):
+        client_parser().print_help()
+        return 0 if argv[1:] else EXIT_MISSING_EXTRA
     if argv and argv[0] == "client":
         if len(argv) > 1 and argv[1] == "enroll":
             args = _enroll_parser().parse_args(argv[2:])
@@ -304,4 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _gc(args)
     if args.command == "federation":
         return _federation(args)
+    if args.command == "rounds":
+        return _rounds(args)
+    if args.command == "metrics":
+        return _metrics(args)
+    if args.command == "watch":
+        return _watch(args)
+    if args.command == "viewer-token":
+        return _viewer_token(args)
     raise AssertionError(args.command)

@@ -5,6 +5,8 @@
 #     (pg_ctlcluster), then waited for; the database is created when missing. Nothing is installed.
 #   nginx and openssl (the TLS-proxy and nginx-config tests): installed with apt-get (Debian's nginx-light
 #     and openssl) when missing and this runs as root with apt-get.
+#   Chromium (the browser tests of /docs, /redoc and the /ui/ dashboard, driven by Playwright from the dev extra):
+#     Debian's chromium, installed the same way.
 #
 # What it cannot provide it names, and it still exits 0: the tests that need it are then skipped with a reason
 # naming the missing piece, except under CI=true, where they fail. CHECK_ONLY=1 only reports, changing nothing.
@@ -110,8 +112,39 @@ ensure_nginx_openssl() {
   fi
 }
 
+have_chromium() { command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; }
+
+ensure_chromium() {
+  if have_chromium; then
+    say "chromium: installed"
+    return
+  fi
+  local why=""
+  if [ "$CHECK_ONLY" = 1 ]; then
+    why="CHECK_ONLY=1"
+  elif [ "$(id -u)" != 0 ]; then
+    why="not root"
+  elif ! command -v apt-get >/dev/null 2>&1; then
+    why="no apt-get on this machine"
+  else
+    say "chromium: installing Debian's chromium with apt-get"
+    if ! apt-get update -qq; then
+      why="apt-get update failed"
+    elif ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; then
+      why="apt-get install chromium failed"
+    fi
+  fi
+  if have_chromium; then
+    say "chromium: installed"
+  else
+    missing+=("chromium")
+    say "chromium: cannot install it (${why:-the package gives no chromium}); install Debian's chromium yourself"
+  fi
+}
+
 ensure_postgres
 ensure_nginx_openssl
+ensure_chromium
 
 if [ "${#missing[@]}" -eq 0 ]; then
   say "everything the tests need is here"

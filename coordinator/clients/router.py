@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
-from coordinator.auth import Principal, require_admin, require_client
+from coordinator.auth import Principal, require_admin, require_client, require_watcher
 from coordinator.clients import service
 from coordinator.core import Services, get_services
 from coordinator.idempotency import Created, IdempotencyKey, idempotent
 from coordinator.openapi import CLIENT_EXAMPLE, example, problems
+from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import Client, ClientEnroll, ClientEnrolled, ClientProfile
 
 router = APIRouter(prefix="/federations/{fid}/clients", tags=["clients"])
@@ -23,7 +24,9 @@ router = APIRouter(prefix="/federations/{fid}/clients", tags=["clients"])
              "retry by the same admin token answers the same client and token again (409 `idempotency_conflict` for "
              "a different body).",
              responses={201: example({**CLIENT_EXAMPLE, "modalities": None, "class_counts": None,
-                                      "token": "mfcpl_c_..."}), **problems(401, 403, 404, 409, 422)})
+                                      "token": "mfcpl_c_..."}),
+                        **problems(401, 403, 404, (ErrorCode.CONFLICT, "a client named 'node-07' is already enrolled"),
+                                   ErrorCode.FEDERATION_NOT_RUNNING, ErrorCode.IDEMPOTENCY_CONFLICT, 413, 422)})
 def enroll(fid: str, body: Annotated[ClientEnroll, Body(openapi_examples={"one": {"value": {"name": "node-07"}}})],
            request: Request, idempotency_key: IdempotencyKey = None,
            _: Principal = Depends(require_admin), services: Services = Depends(get_services)) -> JSONResponse:
@@ -34,7 +37,7 @@ def enroll(fid: str, body: Annotated[ClientEnroll, Body(openapi_examples={"one":
 @router.get("", response_model=list[Client], summary="List clients",
             description="Every enrolled client with its profile and lease.",
             responses={200: example([CLIENT_EXAMPLE]), **problems(401, 403, 404)})
-def list_clients(fid: str, _: Principal = Depends(require_admin),
+def list_clients(fid: str, _: Principal = Depends(require_watcher),
                  services: Services = Depends(get_services)) -> list[Client]:
     return service.list_clients(services, fid)
 
@@ -51,7 +54,7 @@ def me(fid: str, principal: Principal = Depends(require_client),
 @router.put("/me/profile", response_model=Client, summary="Report modalities and class counts",
             description="A client states which declared modalities it holds and its training samples per class. "
             "Only clients that hold at least one modality are sampled for rounds. Also renews the lease.",
-            responses={200: example(CLIENT_EXAMPLE), **problems(401, 403, 422)})
+            responses={200: example(CLIENT_EXAMPLE), **problems(401, 403, 413, 422)})
 def put_profile(
     fid: str,
     profile: Annotated[ClientProfile, Body(openapi_examples={"acc only": {"value": {

@@ -10,10 +10,11 @@ from coordinator.metrics.orm import EvaluationRow
 from coordinator.model_versions.orm import ModelVersionRow, PrototypeSetRow
 from coordinator.rounds.orm import RoundRow
 from coordinator.updates.orm import UpdateRow
+from coordinator.viewers.orm import ViewerTokenRow
 
 metadata = Base.metadata
 
 __all__ = [
     "BlobRow", "ClientRow", "EvaluationRow", "EventRow", "FederationRow", "IdempotencyKeyRow", "ModelVersionRow",
-    "PrototypeSetRow", "RoundRow", "UpdateRow", "metadata",
+    "PrototypeSetRow", "RoundRow", "UpdateRow", "ViewerTokenRow", "metadata",
 ]

@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 
-from coordinator.auth import Principal, require_admin, require_reader
+from coordinator.auth import Principal, require_admin, require_reader, require_watcher
 from coordinator.core import Services, get_services
 from coordinator.federations import service
 from coordinator.idempotency import Created, IdempotencyKey, idempotent
 from coordinator.openapi import FEDERATION_CREATE_EXAMPLE, FEDERATION_EXAMPLE, example, problems
+from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import Federation, FederationCreate
 
 router = APIRouter(prefix="/federations", tags=["federations"])
@@ -26,7 +27,8 @@ router = APIRouter(prefix="/federations", tags=["federations"])
     "what it waits for). "
     "With `Idempotency-Key`, a retry of the same request answers the same federation (409 `idempotency_conflict` "
     "for a different body).",
-    responses={201: example(FEDERATION_EXAMPLE, "The new federation."), **problems(401, 403, 409, 413, 422)},
+    responses={201: example(FEDERATION_EXAMPLE, "The new federation."),
+               **problems(401, 403, ErrorCode.IDEMPOTENCY_CONFLICT, 413, 422)},
 )
 def create_federation(
     config: Annotated[FederationCreate, Body(openapi_examples={"uci-har": {"value": FEDERATION_CREATE_EXAMPLE}})],
@@ -40,7 +42,7 @@ def create_federation(
 @router.get("", response_model=list[Federation], summary="List federations",
             description="Every federation, oldest first.", responses={200: example([FEDERATION_EXAMPLE]),
                                                                       **problems(401, 403)})
-def list_federations(_: Principal = Depends(require_admin),
+def list_federations(_: Principal = Depends(require_watcher),
                      services: Services = Depends(get_services)) -> list[Federation]:
     return service.list_federations(services)
 
@@ -54,7 +56,8 @@ def get_federation(fid: str, _: Principal = Depends(require_reader),
     return service.get_federation(services, fid)
 
 
-_TRANSITION_DOC = problems(401, 403, 404, 409)
+_TRANSITION_DOC = problems(401, 403, 404, (ErrorCode.CONFLICT, "federation fed_3f2a9c1d4b5e6f70 is completed; "
+                                                               "cannot become paused"))
 
 
 @router.post("/{fid}/pause", response_model=Federation, summary="Pause a federation",

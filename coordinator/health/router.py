@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from coordinator.core import Services, get_services
 from coordinator.health.service import readiness
-from coordinator.observability import REGISTRY
+from coordinator.observability import metrics_registry
 
 router = APIRouter(tags=["health"])
 
@@ -36,8 +36,13 @@ async def readyz(services: Services = Depends(get_services)) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,
-            description="Rounds opened/closed/failed, updates by outcome, update bytes, aggregation seconds.",
+            description="Events summed over every worker of this replica (updates by outcome, refusals by code, "
+            "update bytes, round transitions, aggregation and round durations, HTTP requests by route template), "
+            "state read from the database at scrape time (federations by status, rounds by state, current round, "
+            "live and trainable clients per federation), process metrics of the answering worker, build info "
+            "(docs/operations.md, \"Observability\").",
             responses={200: {"content": {CONTENT_TYPE_LATEST: {
                 "example": "mfcpl_updates_total{outcome=\"accepted\"} 12.0"}}}})
-async def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+async def metrics(services: Services = Depends(get_services)) -> Response:
+    body = await run_in_threadpool(lambda: generate_latest(metrics_registry(services)))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -12,6 +12,7 @@ from coordinator.core import Services, get_services
 from coordinator.idempotency import Created, IdempotencyKey, idempotent
 from coordinator.metrics import service
 from coordinator.openapi import TIME, example, problems
+from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import Evaluation, EvaluationCreate, RoundMetrics
 
 router = APIRouter(prefix="/federations/{fid}", tags=["metrics"])
@@ -25,7 +26,8 @@ EVALUATION_EXAMPLE = {"split": "dev", "metrics": {"macro_f1": 0.71, "accuracy": 
              "a retry records nothing new and answers the first response (409 `idempotency_conflict` for a "
              "different body).",
              responses={201: example({"federation_id": "fed_3f2a9c1d4b5e6f70", "round": 3, "created_at": TIME,
-                                      **EVALUATION_EXAMPLE}), **problems(401, 403, 404, 409, 422)})
+                                      **EVALUATION_EXAMPLE}),
+                        **problems(401, 403, 404, ErrorCode.IDEMPOTENCY_CONFLICT, 413, 422, ErrorCode.NON_FINITE)})
 def post_evaluation(
     fid: str, r: int, body: Annotated[EvaluationCreate, Body(openapi_examples={"dev": {"value": EVALUATION_EXAMPLE}})],
     request: Request, idempotency_key: IdempotencyKey = None,

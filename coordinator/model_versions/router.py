@@ -21,6 +21,7 @@ from coordinator.openapi import (
     safetensors_response,
 )
 from mfcpl.wire.constants import SHARED_LEVEL
+from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import ModelVersion, PrototypeSet
 
 router = APIRouter(prefix="/federations/{fid}", tags=["models"])
@@ -34,8 +35,12 @@ router = APIRouter(prefix="/federations/{fid}", tags=["models"])
     "`idempotency_conflict` for a different body). At most `max_admin_uploads` uploads run at once (429 "
     "`too_many_requests` past it).",
     openapi_extra=SAFETENSORS_BODY,
-    responses={201: example(MODEL_VERSION_EXAMPLE | {"version": 0, "round": None}), **problems(401, 403, 404, 409,
-                                                                                                  413, 415, 422, 429)},
+    responses={201: example(MODEL_VERSION_EXAMPLE | {"version": 0, "round": None}),
+               200: example(MODEL_VERSION_EXAMPLE | {"version": 0, "round": None}, "The identical version 0 again."),
+               **problems(
+        401, 403, 404, (ErrorCode.CONFLICT, "model version 0 already exists; later versions come from rounds"),
+        ErrorCode.FEDERATION_NOT_RUNNING, ErrorCode.IDEMPOTENCY_CONFLICT, 413, 415, ErrorCode.MALFORMED_TENSORS,
+        ErrorCode.NON_FINITE, 429)},
 )
 async def upload_model(fid: str, request: Request, idempotency_key: IdempotencyKey = None,
                        _: Principal = Depends(require_admin),

@@ -35,7 +35,7 @@ from coordinator.events.service import emit
 from coordinator.federations import service as federations
 from coordinator.model_versions.orm import ModelVersionRow, PrototypeSetRow
 from coordinator.model_versions.service import latest_prototype_row, prototype_levels_summary, tensor_specs
-from coordinator.observability import AGGREGATION_SECONDS, ROUNDS
+from coordinator.observability import AGGREGATION_SECONDS, ROUND_SECONDS, ROUNDS
 from coordinator.rounds.opening import try_open_round
 from coordinator.rounds.orm import RoundRow
 from coordinator.strategies import strategy_for
@@ -299,6 +299,7 @@ def _finish(services: Services, fid: str, number: int, token: str) -> str:
                     "federation was cancelled); nothing committed", fid, number)
         return RoundState.CLOSING
     AGGREGATION_SECONDS.observe(result.seconds)
+    ROUND_SECONDS.observe(max(0.0, (now - row.opened_at).total_seconds()))
     ROUNDS.labels("closed").inc()
     log.info("federation %s: round %d closed with %d updates -> model version %d (%.3fs)", fid, number,
              len(updates), version, result.seconds)

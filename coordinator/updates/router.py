@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.background import BackgroundTask
 
-from coordinator.auth import Principal, require_admin, require_client
+from coordinator.auth import Principal, require_client, require_watcher
 from coordinator.bodies import check_declared_length, require_tensor_media_type, stream_capped_body
 from coordinator.core import Services, get_services
 from coordinator.limits import UPDATE_UPLOAD_SLOT
@@ -19,6 +19,7 @@ from coordinator.problems import ProblemError
 from coordinator.rounds.closing import close_if_due
 from coordinator.updates import service
 from mfcpl.wire.constants import IDEMPOTENCY_HEADER, SHARED_LEVEL
+from mfcpl.wire.errors import ErrorCode
 from mfcpl.wire.schemas import UpdateReceipt
 
 router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["updates"])
@@ -40,7 +41,9 @@ router = APIRouter(prefix="/federations/{fid}/rounds/{r}/updates", tags=["update
     openapi_extra=SAFETENSORS_BODY,
     responses={201: example(RECEIPT_EXAMPLE, "Accepted and durable."),
                200: example(RECEIPT_EXAMPLE | {"replayed": True}, "A replay of an accepted update."),
-               **problems(401, 403, 404, 409, 413, 415, 422, 429)},
+               **problems(401, 403, ErrorCode.NOT_PARTICIPANT, 404, ErrorCode.ROUND_NOT_OPEN, ErrorCode.STALE_ROUND,
+                          ErrorCode.FEDERATION_NOT_RUNNING, ErrorCode.IDEMPOTENCY_CONFLICT, 413, 415,
+                          ErrorCode.MALFORMED_TENSORS, ErrorCode.SHAPE_MISMATCH, 429)},
 )
 async def post_update(
     fid: str, r: int, request: Request,
@@ -77,6 +80,6 @@ async def post_update(
 
 @router.get("", response_model=list[UpdateReceipt], summary="List a round's accepted updates",
             responses={200: example([RECEIPT_EXAMPLE]), **problems(401, 403, 404)})
-def list_updates(fid: str, r: int, _: Principal = Depends(require_admin),
+def list_updates(fid: str, r: int, _: Principal = Depends(require_watcher),
                  services: Services = Depends(get_services)) -> list[UpdateReceipt]:
     return service.list_updates(services, fid, r)

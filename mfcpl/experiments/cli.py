@@ -14,13 +14,50 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from mfcpl.experiments.config import QUICK_PRESET, ExperimentConfig
 from mfcpl.wire.schemas import Algorithm
 
 DEFAULT_RESULTS_DIR = Path("docs/results/runs")
 EXIT_FEDERATION_STOPPED = 3  # cancelled, paused past the limit, or no round could open (message on stderr)
+
+
+class ProgressPrinter:
+    """The progress callback of ``simulate``: a line per call; on a terminal the ``status`` lines (a round's
+    progress and ETA, waiting) redraw one line under the others, elsewhere (a pipe, a log) they are plain lines."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        self.tty = self.stream.isatty()
+        self.shown: str | None = None  # the status line on screen (terminal only)
+
+    def _clear(self) -> None:
+        if self.shown is not None:
+            self.stream.write("\r\x1b[K")
+
+    def __call__(self, line: str) -> None:
+        self._clear()
+        self.stream.write(line + "\n")
+        if self.shown is not None:
+            self.stream.write(self.shown)
+        self.stream.flush()
+
+    def status(self, line: str) -> None:
+        if not self.tty:
+            self(line)
+            return
+        self._clear()
+        self.shown = line[:max(20, shutil.get_terminal_size().columns - 1)]
+        self.stream.write(self.shown)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the status line (before the final table)."""
+        if self.shown is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.shown = None
 
 
 def _parse_value(text: str) -> Any:
@@ -104,13 +141,21 @@ def _print_result(result: Any) -> None:
         print(f"  {k:<{width}}  {v}")
 
 
-def simulate_main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mfcpl simulate",
+EPILOG = ("progress: set-up steps, then a line per round with its time and an ETA (median round time x rounds "
+          "left), evaluations, and why it waits (paused, not enough clients); one updating line on a terminal. "
+          "Exit status: 0 ok, 2 usage error or missing extra, 3 the federation stopped (cancelled, paused too "
+          "long, no round opened).")
+
+
+def simulate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfcpl simulate", epilog=EPILOG,
                                 description="Run one simulated federation through a real coordinator over HTTP.")
-    p.add_argument("--algorithm", default="mfcpl", choices=[a.value for a in Algorithm])
+    p.add_argument("--algorithm", default="mfcpl", choices=[a.value for a in Algorithm],
+                   help="the method (default mfcpl)")
     p.add_argument("--missing-rate", type=float, default=0.0, help="q, the missing-modality rate")
-    p.add_argument("--missing-mode", default="client", choices=["client", "sample"])
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--missing-mode", default="client", choices=["client", "sample"],
+                   help="whole clients miss a modality, or single samples (default client)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the partition, missing modalities and sampling")
     _add_experiment_args(p)
     p.add_argument("--config-json", help="a whole ExperimentConfig as JSON (overrides the options above)")
     p.add_argument("--out", default=None, help="output directory (default runs/<run id>)")
@@ -121,7 +166,19 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--in-process", action="store_true", help="no coordinator, no HTTP (the cost baseline)")
     p.add_argument("--compare", action="store_true", help="run in-process and over HTTP; print the wall-time ratio")
     p.add_argument("--results-dir", default=None, help="also copy result.json here as <run id>.json")
-    args = p.parse_args(argv)
+    return p
+
+
+def simulate_main(argv: Sequence[str] | None = None) -> int:
+    args = simulate_parser().parse_args(argv)
+    progress = ProgressPrinter()
+    try:
+        return _simulate(args, progress)
+    finally:
+        progress.close()
+
+
+def _simulate(args: argparse.Namespace, progress: ProgressPrinter) -> int:
     if args.config_json:
         cfg = ExperimentConfig.model_validate_json(args.config_json)
     else:
@@ -132,14 +189,17 @@ def simulate_main(argv: Sequence[str] | None = None) -> int:
     results = []
     if args.in_process or args.compare:
         results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
-                                                workers=args.workers, device=args.device))
+                                                workers=args.workers, device=args.device, progress=progress))
     if not args.in_process:
         try:
             results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
-                                          admin_token=args.admin_token, workers=args.workers, device=args.device))
+                                          admin_token=args.admin_token, workers=args.workers, device=args.device,
+                                          progress=progress))
         except FederationStopped as exc:
+            progress.close()
             print(f"mfcpl simulate: stopped: {exc.reason}", file=sys.stderr)
             return EXIT_FEDERATION_STOPPED
+    progress.close()
     for result in results:
         print(f"\nresult ({result.transport}):")
         _print_result(result)
@@ -161,15 +221,18 @@ def _split(text: str, cast: type) -> list[Any]:
     return [cast(x) for x in text.split(",") if x.strip()]
 
 
-def sweep_main(argv: Sequence[str] | None = None) -> int:
+def sweep_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mfcpl sweep",
+        epilog="progress: a line when a run starts and finishes ([done/total], ETA: median run time x runs left / "
+               "parallel), and every 30 s (one updating line on a terminal) each running run's latest progress line "
+               "from its run.log.",
         description="Run methods x missing rates x modes x seeds (resumes: finished runs are skipped), then write a "
                     "markdown table of mean and std over seeds.")
-    p.add_argument("--methods", default="fedavg,fedprox,fedopt,fedproto,mfcpl")
-    p.add_argument("--rates", default="0.8")
-    p.add_argument("--modes", default="client")
-    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--methods", default="fedavg,fedprox,fedopt,fedproto,mfcpl", help="comma-separated algorithms")
+    p.add_argument("--rates", default="0.8", help="comma-separated missing rates q (default 0.8)")
+    p.add_argument("--modes", default="client", help="comma-separated missing modes: client, sample")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     _add_experiment_args(p)
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="one JSON per finished run")
     p.add_argument("--runs-dir", default="runs/sweep", help="full outputs of each run")
@@ -189,7 +252,11 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
     p.add_argument("--device", default="cpu", help="torch device of each run (cpu, cuda)")
     p.add_argument("--in-process", action="store_true", help="run without the coordinator (see simulate --compare)")
-    args = p.parse_args(argv)
+    return p
+
+
+def sweep_main(argv: Sequence[str] | None = None) -> int:
+    args = sweep_parser().parse_args(argv)
     results_dir = Path(args.results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
     configs = [
@@ -295,6 +362,9 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
     running: list[tuple[ExperimentConfig, subprocess.Popen[bytes], float]] = []
     queue = list(todo)
     done = 0
+    run_seconds: list[float] = []
+    printer = ProgressPrinter()
+    last_report = time.monotonic()
     while queue or running:
         while queue and len(running) < parallel:
             cfg = queue.pop(0)
@@ -308,8 +378,12 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
                 stdout=log, stderr=subprocess.STDOUT)
             log.close()
             running.append((cfg, proc, time.perf_counter()))
-            print(f"started  {cfg.run_id()}  (log: {out / 'run.log'})", flush=True)
+            printer(f"started  {cfg.run_id()}  (log: {out / 'run.log'})")
         time.sleep(1.0)
+        if running and (printer.tty or time.monotonic() - last_report >= SWEEP_REPORT_EVERY_S):
+            last_report = time.monotonic()
+            printer.status(" || ".join(f"{c.run_id()}: {_last_progress_line(runs_dir / c.run_id() / 'run.log')}"
+                                       for c, _, _ in running))
         for item in list(running):
             cfg, proc, t0 = item
             if proc.poll() is None:
@@ -317,14 +391,39 @@ def _run_all(todo: list[ExperimentConfig], results_dir: Path, runs_dir: Path, pa
             running.remove(item)
             done += 1
             path = results_dir / f"{cfg.run_id()}.json"
+            took = time.perf_counter() - t0
+            run_seconds.append(took)
+            left = len(todo) - done
+            eta = statistics.median(run_seconds) * -(-left // max(1, parallel))
+            eta_text = f"; ETA {_duration(eta)}" if left else ""
             if proc.returncode == 0 and path.exists():
                 r = json.loads(path.read_text())
                 f1 = r["test_at_best_dev"].get("macro_f1")
-                print(f"finished {cfg.run_id()} [{done}/{len(todo)}] test F1 @ best dev "
-                      f"{'-' if f1 is None else f'{100 * f1:.1f}'} in {time.perf_counter() - t0:.0f}s", flush=True)
+                printer(f"finished {cfg.run_id()} [{done}/{len(todo)}] test F1 @ best dev "
+                        f"{'-' if f1 is None else f'{100 * f1:.1f}'} in {took:.0f}s{eta_text}")
             else:
-                print(f"FAILED   {cfg.run_id()} (exit {proc.returncode}); see {runs_dir / cfg.run_id() / 'run.log'}",
-                      flush=True)
+                printer(f"FAILED   {cfg.run_id()} (exit {proc.returncode}); see "
+                        f"{runs_dir / cfg.run_id() / 'run.log'}{eta_text}")
+    printer.close()
+
+
+SWEEP_REPORT_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _last_progress_line(log: Path) -> str:
+    """The last line of a run's log (its latest progress), or ``starting``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "starting"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,7 @@ and where its model lives: :class:`HttpTransport` (a coordinator, clients over H
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,7 +39,19 @@ from mfcpl.wire.schemas import EvaluationCreate, Federation, FederationCreate, F
 from mfcpl.wire.tensors import decode_model, encode_model
 
 Progress = Callable[[str], None]
+"""Where progress lines go (``print`` by default). A callable that also has a ``status(line)`` method (the
+terminal printer of mfcpl.experiments.cli) gets the per-round and waiting lines there, to redraw one line."""
 Weights = dict[str, np.ndarray]
+
+
+def _status(progress: Progress, line: str) -> None:
+    """A line that the next one supersedes (round progress, waiting): one updating line on a terminal."""
+    status = getattr(progress, "status", None)
+    (status if callable(status) else progress)(line)
+
+
+def _no_progress(line: str) -> None:
+    pass
 
 
 def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummary]:
@@ -170,6 +183,7 @@ class Transport(Protocol):
     name: str  # RunResult.transport
     label: str  # in the first progress line
     federation_id: str | None
+    progress: Progress  # set by _run: where the transport reports set-up steps and waiting
 
     @property
     def worker_url(self) -> str | None:
@@ -212,6 +226,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, wo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    progress(f"setup: loading {cfg.dataset} (seed {cfg.seed}, {cfg.missing_mode}-level q={cfg.missing_rate})")
     federation, summary = prepare_data(cfg)
     trainable = sorted(c.name for c in federation.clients if c.can_train)
     if not trainable:
@@ -220,12 +235,15 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, wo
     progress(f"{cfg.run_id()}{transport.label}: {len(federation.clients)} clients, {len(trainable)} can train; "
              f"{config.clients_per_round} per round, {cfg.rounds} rounds, {cfg.algorithm}")
     pool: Pool | None = None
+    transport.progress = progress
     try:
         transport.open(RunSetup(cfg, config, federation, trainable, _initial_weights(config, cfg.seed)))
+        progress(f"setup: starting {max(1, workers)} worker process(es); each loads the data before round 1")
         pool = mp.get_context("spawn").Pool(
             max(1, workers), initializer=_worker_init,
             initargs=(cfg.model_dump_json(), config.model_dump_json(), transport.worker_url, device))
         evaluator = _Evaluator(federation, config, device)
+        progress(f"setup: done in {time.perf_counter() - started:.1f}s; round 1 of {cfg.rounds} starts")
         history = _run_rounds(cfg, transport, pool, evaluator, out, started, progress)
         final_model = transport.final_model()
         server_history = transport.server_history()
@@ -270,6 +288,7 @@ def _run_rounds(cfg: ExperimentConfig, transport: Transport, pool: Pool, evaluat
         }
         history.append(entry)
         last_round = opened.number
+        _status(progress, _round_line(entry, cfg.rounds, [e["round_seconds"] for e in history]))
         if closed.model is not None and (opened.number % cfg.eval_every == 0 or opened.number >= cfg.rounds):
             pending = (entry, closed.model)
     if pending is not None:
@@ -298,7 +317,7 @@ def _progress_line(entry: dict[str, Any], rounds: int) -> str:
     dev = entry.get("dev_macro_f1")
     test = entry.get("test_macro_f1")
     loss = entry.get("train_loss", entry.get("train_train_loss"))
-    parts = [f"round {entry['round']:>4}/{rounds}", f"participants {entry['received']}/{entry['participants']}"]
+    parts = [f"eval  {entry['round']:>4}/{rounds}", f"participants {entry['received']}/{entry['participants']}"]
     if loss is not None:
         parts.append(f"train loss {loss:.3f}")
     if dev is not None:
@@ -306,6 +325,35 @@ def _progress_line(entry: dict[str, Any], rounds: int) -> str:
     if test is not None:
         parts.append(f"test F1 {100 * test:5.1f}")
     parts.append(f"{entry['elapsed_seconds']:.0f}s")
+    return " | ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _eta(round_seconds: list[float], rounds_left: int) -> str:
+    """Median round time x rounds left (the median: round 1 also waits for the workers to load)."""
+    if rounds_left <= 0:
+        return "0s"
+    return _duration(statistics.median(round_seconds) * rounds_left) if round_seconds else "?"
+
+
+def _round_line(entry: dict[str, Any], rounds: int, round_seconds: list[float]) -> str:
+    """One line per closed round: its state, updates, train loss, time, elapsed and ETA."""
+    loss = entry.get("train_loss", entry.get("train_train_loss"))
+    parts = [f"round {entry['round']:>4}/{rounds} {entry['state']}",
+             f"updates {entry['received']}/{entry['participants']}"]
+    if loss is not None:
+        parts.append(f"train loss {loss:.3f}")
+    parts += [f"{entry['round_seconds']:.1f}s/round", f"elapsed {_duration(entry['elapsed_seconds'])}",
+              f"ETA {_eta(round_seconds, rounds - entry['round'])}"]
     return " | ".join(parts)
 
 
@@ -353,6 +401,7 @@ class HttpTransport:
         self.tokens: dict[str, str] = {}  # by client name
         self.names_by_id: dict[str, str] = {}
         self.jobs: list[AsyncResult[dict[str, Any]]] = []
+        self.progress: Progress = _no_progress
 
     @property
     def worker_url(self) -> str | None:
@@ -372,11 +421,15 @@ class HttpTransport:
         from client_sdk.node import client_profile
 
         if self.server_url is None:
+            self.progress(f"setup: starting an embedded coordinator (state in {self.state_dir})")
             self.embedded = EmbeddedCoordinator(self.state_dir).start()
             self.server_url, self.admin_token = self.embedded.base_url, self.embedded.admin_token
+            self.progress(f"setup: coordinator at {self.server_url}")
         self.admin = MfcplClient(self.server_url, self.admin_token, timeout=120.0)
         self.federation_id = self.admin.federations.create(setup.config).id
         self.admin.models.upload_initial(self.fid, setup.initial_weights)
+        self.progress(f"setup: federation {self.fid} created, model v0 uploaded; enrolling "
+                      f"{len(setup.federation.clients)} clients")
         for shard in setup.federation.clients:  # every client, also those without data: the coordinator samples
             enrolled = self.admin.clients.enroll(self.fid, shard.name)
             self.tokens[shard.name] = enrolled.token
@@ -384,9 +437,10 @@ class HttpTransport:
             with MfcplClient(self.server_url, enrolled.token, timeout=60.0) as node:
                 node.clients.report_profile(self.fid, client_profile(shard.data, setup.config.num_classes))
                 node.tasks.next(self.fid)  # takes the lease
+        self.progress(f"setup: {len(self.tokens)} clients enrolled with their profiles")
 
     def next_round(self, after: int) -> OpenRound | None:
-        found = _wait_for_next_round(self.client, self.fid, after)
+        found = _wait_for_next_round(self.client, self.fid, after, report=lambda line: _status(self.progress, line))
         if found is None:
             return None
         number, participant_ids = found
@@ -440,6 +494,34 @@ class HttpTransport:
             self.embedded.stop()
 
 
+WAIT_REPORT_AFTER_S = 2.0  # a wait for the next round shorter than this is not reported
+WAIT_REPORT_EVERY_S = 10.0  # then: when the reason changes, and at least this often
+
+
+class _WaitReporter:
+    """Says why the next round has not opened yet: ``waiting: <status_reason>``, ``paused for 40 s``."""
+
+    def __init__(self, report: Callable[[str], None] | None) -> None:
+        self.report = report
+        self.started = time.monotonic()
+        self.last_line: str | None = None
+        self.last_at = 0.0
+
+    def __call__(self, fed: Federation, paused_since: float | None) -> None:
+        now = time.monotonic()
+        if self.report is None or now - self.started < WAIT_REPORT_AFTER_S:
+            return
+        if fed.status == FederationStatus.PAUSED and paused_since is not None:
+            line = f"paused for {now - paused_since:.0f} s (stops after {PAUSE_LIMIT_S:.0f} s; resume to go on)"
+            changed = self.last_line is None or not self.last_line.startswith("paused")
+        else:
+            line = f"waiting: {fed.status_reason or fed.status} ({now - self.started:.0f} s)"
+            changed = self.last_line is None or self.last_line.rpartition(" (")[0] != line.rpartition(" (")[0]
+        if changed or now - self.last_at >= WAIT_REPORT_EVERY_S:
+            self.report(line)
+            self.last_line, self.last_at = line, now
+
+
 def _poll(check: Callable[[], Any], timeout_s: float, what: str) -> Any:
     """``check()`` until it returns something other than None (backing off from 5 ms to 200 ms)."""
     deadline = time.monotonic() + timeout_s
@@ -468,14 +550,17 @@ class FederationStopped(RuntimeError):
 
 
 def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: float = OPEN_LIMIT_S,
-                         pause_limit_s: float = PAUSE_LIMIT_S) -> tuple[int, list[str]] | None:
+                         pause_limit_s: float = PAUSE_LIMIT_S, report: Callable[[str], None] | None = None,
+                         ) -> tuple[int, list[str]] | None:
     """The next open round after ``after`` as (number, participant ids), or None when the federation completed.
 
     Raises :class:`FederationStopped` when it was cancelled, stayed paused for ``pause_limit_s``, or no round
     opened within ``timeout_s`` of waiting (the federation's own reason, when it gives one, is in the message).
+    ``report`` hears why it still waits (after a couple of seconds; see :class:`_WaitReporter`).
     """
     paused_since: float | None = None
     last: Federation | None = None
+    reporter = _WaitReporter(report)
 
     def check() -> tuple[Any, ...] | None:
         nonlocal paused_since, last
@@ -494,6 +579,7 @@ def _wait_for_next_round(admin: MfcplClient, fid: str, after: int, timeout_s: fl
             rnd = admin.rounds.get(fid, fed.current_round)
             if rnd.state == RoundState.OPEN:
                 return rnd.number, list(rnd.participants)
+        reporter(fed, paused_since)
         return None
 
     try:
@@ -538,6 +624,7 @@ class InProcessTransport:
         self.tables: Mapping[str, Any] | None = None  # the complete prototypes by level
         self.prototype_bytes: bytes | None = None
         self.jobs: list[AsyncResult[tuple[str, bytes, dict[str, float]]]] = []
+        self.progress: Progress = _no_progress
 
     @property
     def worker_url(self) -> str | None:

@@ -447,6 +447,24 @@ class Event(BaseModel):
     created_at: datetime
 
 
+class ViewerTokenCreate(_Model):
+    label: Name = Field(description="Who or what the token is for (a dashboard, a person).")
+
+
+class ViewerToken(BaseModel):
+    """A read-only viewer token (the token itself is never shown again)."""
+
+    id: str
+    label: str
+    revoked: bool
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class ViewerTokenCreated(ViewerToken):
+    token: str = Field(description="Bearer token with read-only access. Shown once; stored only as a hash.")
+
+
 class Problem(BaseModel):
     """RFC 9457 problem details, with a stable machine-readable ``code``."""
 

@@ -30,9 +30,9 @@ def test_db_upgrade_twice_is_a_noop(database_url: str, tmp_path: Path) -> None:
     for _ in range(2):
         done = _mfcpl("db", "upgrade", env=env)
         assert done.returncode == 0, done.stderr
-        assert "schema at 0004" in done.stdout
+        assert "schema at 0005" in done.stdout
     current = _mfcpl("db", "current", env=env)
-    assert current.stdout.split() == ["current", "0004", "head", "0004"]
+    assert current.stdout.split() == ["current", "0005", "head", "0005"]
     engine = make_engine(database_url)
     try:
         assert {"federations", "clients", "rounds", "updates", "model_versions", "prototype_sets", "events",
@@ -51,7 +51,7 @@ def test_operator_cli_against_a_server(coordinator: CoordinatorProcess, tmp_path
     created = _mfcpl("federation", "create", "--file", str(config), env=env)
     assert created.returncode == 0, created.stderr
     fid = json.loads(created.stdout)["id"]
-    listed = _mfcpl("federation", "list", env=env)
+    listed = _mfcpl("federation", "list", "--json", env=env)
     assert [f["id"] for f in json.loads(listed.stdout)] == [fid]
     enrolled = _mfcpl("client", "enroll", "--federation", fid, "--name", "edge-1", env=env)
     assert enrolled.returncode == 0, enrolled.stderr

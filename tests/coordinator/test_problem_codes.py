@@ -66,6 +66,8 @@ def _problem_examples(node: Any) -> list[dict[str, Any]]:
         media = node.get(PROBLEM_CONTENT_TYPE)
         if isinstance(media, dict) and "example" in media:
             found.append(media["example"])
+        if isinstance(media, dict) and "examples" in media:
+            found += [entry["value"] for entry in media["examples"].values()]
         for value in node.values():
             found += _problem_examples(value)
     elif isinstance(node, list):
@@ -85,4 +87,34 @@ def test_openapi_problem_examples_follow_the_table(tmp_path: Path) -> None:
     assert examples
     for example in examples:
         assert example["status"] == ERROR_STATUS[ErrorCode(example["code"])], example
-    assert all(example == PROBLEM_EXAMPLES[example["status"]] for example in examples)
+    assert all(example == {**PROBLEM_EXAMPLES[ErrorCode(example["code"])], "detail": example["detail"]}
+               for example in examples)
+
+
+def test_openapi_errors_are_problem_documents_with_the_codes_each_operation_can_answer(tmp_path: Path) -> None:
+    """422 is a problem (not FastAPI's HTTPValidationError); 401/403 carry the operation's own examples; an error
+    of one operation (a round's `round_not_open`, an update's `not_participant`) is not copied to the others."""
+    settings = Settings(admin_token="codes", database_url=f"sqlite:///{tmp_path / 'mfcpl.db'}",
+                        blob_dir=tmp_path / "blobs")
+    app = create_app(settings)
+    try:
+        document = app.openapi()
+    finally:
+        app.state.services.db.dispose()
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    specific = {"not_participant", "round_not_open", "stale_round", "shape_mismatch"}
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                if int(status) < 400 or path == "/readyz":
+                    continue
+                media = response["content"][PROBLEM_CONTENT_TYPE]
+                assert set(response["content"]) == {PROBLEM_CONTENT_TYPE}, (method, path, status)
+                assert media["schema"] == {"$ref": "#/components/schemas/Problem"}, (method, path, status)
+                codes = {e["code"] for e in _problem_examples(response)}
+                assert codes, (method, path, status)
+                if not path.endswith("/updates") or method != "post":
+                    assert not codes & specific, (method, path, status, codes)
+            if "x-mfcpl-roles" in operation:
+                forbidden = operation["responses"]["403"]
+                assert "forbidden" in {e["code"] for e in _problem_examples(forbidden)}

@@ -112,7 +112,7 @@ def test_operator_commands_need_only_the_base_install(variable: str, fake_coordi
     state = tmp_path / "state"
     state.mkdir()
     (state / "admin_token").write_text("mfcpl_a_from_the_file\n")
-    done = mfcpl_without(SERVER + CLIENT, "federation", "list", "--server", url, cwd=tmp_path,
+    done = mfcpl_without(SERVER + CLIENT, "federation", "list", "--json", "--server", url, cwd=tmp_path,
                          env={variable: str(state)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == []
