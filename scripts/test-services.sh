@@ -81,12 +81,12 @@ ensure_postgres() {
 have_nginx() { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; }
 have_openssl() { command -v openssl >/dev/null 2>&1; }
 
-ensure_nginx_openssl() {
-  if have_nginx && have_openssl; then
-    say "nginx and openssl: installed"
-    return
-  fi
-  local why=""
+# apt_install WHAT ARGS...: `apt-get install ARGS` where this machine allows it; `why` says why it did not.
+why=""
+apt_install() {
+  local what=$1
+  shift
+  why=""
   if [ "$CHECK_ONLY" = 1 ]; then
     why="CHECK_ONLY=1"
   elif [ "$(id -u)" != 0 ]; then
@@ -94,14 +94,21 @@ ensure_nginx_openssl() {
   elif ! command -v apt-get >/dev/null 2>&1; then
     why="no apt-get on this machine"
   else
-    say "nginx and openssl: installing Debian's nginx-light and openssl with apt-get"
+    say "$what: installing with apt-get install $*"
     if ! apt-get update -qq; then
       why="apt-get update failed"
-    elif ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light openssl \
-      >/dev/null; then
-      why="apt-get install nginx-light openssl failed"
+    elif ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
+      why="apt-get install $* failed"
     fi
   fi
+}
+
+ensure_nginx_openssl() {
+  if have_nginx && have_openssl; then
+    say "nginx and openssl: installed"
+    return
+  fi
+  apt_install "nginx and openssl" --no-install-recommends nginx-light openssl
   have_nginx || missing+=("nginx")
   have_openssl || missing+=("openssl")
   if have_nginx && have_openssl; then
@@ -119,21 +126,7 @@ ensure_chromium() {
     say "chromium: installed"
     return
   fi
-  local why=""
-  if [ "$CHECK_ONLY" = 1 ]; then
-    why="CHECK_ONLY=1"
-  elif [ "$(id -u)" != 0 ]; then
-    why="not root"
-  elif ! command -v apt-get >/dev/null 2>&1; then
-    why="no apt-get on this machine"
-  else
-    say "chromium: installing Debian's chromium with apt-get"
-    if ! apt-get update -qq; then
-      why="apt-get update failed"
-    elif ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; then
-      why="apt-get install chromium failed"
-    fi
-  fi
+  apt_install chromium chromium
   if have_chromium; then
     say "chromium: installed"
   else
