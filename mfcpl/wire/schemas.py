@@ -217,6 +217,56 @@ def upgrade_legacy_settings(config: dict[str, Any]) -> tuple[dict[str, Any], lis
     return upgraded, dropped
 
 
+NormalizationMode = Literal["none", "federated", "client"]
+
+NORMALIZED_KINDS = frozenset({ModalityKind.VECTOR, ModalityKind.TIMESERIES, ModalityKind.TOKENS})
+"""Kinds whose features are standardised (token ids, ``text``, never are)."""
+
+
+def feature_dim(spec: ModalitySpec) -> int:
+    """The width statistics are kept over: the last axis (a vector's features, a series' channels)."""
+    return spec.shape[-1]
+
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class FeatureStats(_Model):
+    """One modality's standardisation: ``(x - mean) / std`` over its last axis."""
+
+    mean: list[FiniteFloat] = Field(min_length=1, max_length=1_000_000)
+    std: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(min_length=1, max_length=1_000_000)
+    count: FiniteFloat = Field(0.0, ge=0, description="Feature rows the statistics come from (information only).")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> FeatureStats:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have the same length")
+        return self
+
+
+class Normalization(_Model):
+    """How nodes and evaluators standardise vector, time-series and token features before the model sees them.
+
+    ``federated``: with ``stats``, statistics of every client's training data combined (count, sum and sum of
+    squares per feature); ``client``: each node standardises with its own training data's statistics (an
+    evaluator with those of the data it scores); ``none``: features as loaded. docs/data.md compares them.
+    """
+
+    mode: NormalizationMode = "none"
+    stats: dict[Identifier, FeatureStats] | None = Field(
+        None, description="Per modality (federated mode only); a modality without an entry is left as it is.")
+
+    @model_validator(mode="after")
+    def _stats_only_when_federated(self) -> Normalization:
+        if self.mode == "federated" and not self.stats:
+            raise ValueError("federated normalization needs stats per modality (mfcpl federation create "
+                             "--from-dataset computes them)")
+        if self.mode != "federated" and self.stats:
+            raise ValueError(f"stats are only used with mode federated, not {self.mode}")
+        return self
+
+
 class FederationStatus(StrEnum):
     WAITING = "waiting"  # no model version 0 yet, or not enough live clients for the first round
     RUNNING = "running"
@@ -255,12 +305,25 @@ class FederationCreate(_Model):
     round_deadline_s: StrictFloat | None = Field(None, gt=0, le=7 * 86400, description="Default from settings.")
     lease_s: StrictFloat = Field(60.0, gt=0, le=86400, description="A client is live this long after its last poll.")
     seed: StrictInt = Field(0, ge=0, lt=2**63)
+    normalization: Normalization = Field(
+        default_factory=Normalization,
+        description="Feature standardisation nodes and evaluators apply before the model (default none).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> FederationCreate:
         names = [m.name for m in self.modalities]
         if len(set(names)) != len(names):
             raise ValueError("modality names must be unique")
+        specs = {m.name: m for m in self.modalities}
+        for name, stats in (self.normalization.stats or {}).items():
+            if name not in specs:
+                raise ValueError(f"normalization.stats: no modality {name!r}")
+            if specs[name].kind not in NORMALIZED_KINDS:
+                raise ValueError(f"normalization.stats: modality {name!r} is {specs[name].kind}, never normalised")
+            if len(stats.mean) != feature_dim(specs[name]):
+                raise ValueError(f"normalization.stats.{name}: {len(stats.mean)} values for a feature width of "
+                                 f"{feature_dim(specs[name])}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise ValueError("class_names must have num_classes entries")
         if self.quorum is not None and self.quorum > self.clients_per_round:
