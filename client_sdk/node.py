@@ -37,6 +37,7 @@ from mfcpl.wire.tensors import PrototypeTable, Update
 log = logging.getLogger("mfcpl.node")
 
 ENV_FEDERATION = "MFCPL_FEDERATION_ID"
+EXIT_DATA_MISMATCH = 4  # the node's data does not fit the federation's modalities, shapes or classes
 
 
 @dataclass
@@ -113,6 +114,40 @@ def perform_task(
     return TaskOutcome(receipt, update.metrics, seconds)
 
 
+def uses_prototypes(algorithm: str) -> bool:
+    """Whether the algorithm's clients send local prototypes (and so train with the complete ones)."""
+    from client_sdk.algorithms import ClientAlgorithm, client_algorithm
+
+    return client_algorithm(algorithm).local_prototypes is not ClientAlgorithm.local_prototypes
+
+
+class DataMismatchError(ValueError):
+    """The node's data does not fit the federation (modalities, shapes or classes); the message says how."""
+
+
+def check_node_data(data: MultimodalArrays, config: FederationCreate) -> None:
+    """Refuse data whose modalities or shapes are not the federation's, naming what differs."""
+    expected = {m.name: tuple(m.shape) for m in config.modalities}
+    have = {m: tuple(x.shape[1:]) for m, x in data.inputs.items()}
+    if set(have) != set(expected):
+        raise DataMismatchError(f"this node's data has modalities {sorted(have)}, "
+                                f"the federation expects {sorted(expected)}")
+    wrong = [f"{m}: {list(have[m])} (federation: {list(shape)})" for m, shape in expected.items() if have[m] != shape]
+    if wrong:
+        raise DataMismatchError("per-sample shapes differ from the federation's: " + "; ".join(wrong))
+    if len(data) and int(data.labels.max()) >= config.num_classes:
+        raise DataMismatchError(f"labels reach {int(data.labels.max())}, "
+                                f"the federation has {config.num_classes} classes")
+
+
+def prepare_node_data(data: MultimodalArrays, config: FederationCreate) -> MultimodalArrays:
+    """The node's data checked against the federation and standardised as its ``normalization`` says."""
+    from client_sdk.data.normalize import normalize_arrays
+
+    check_node_data(data, config)
+    return normalize_arrays(data, config.normalization, config.modalities)
+
+
 def client_profile(data: MultimodalArrays, num_classes: int) -> ClientProfile:
     return ClientProfile(
         modalities=[m for m in data.modalities if bool(data.present[m].any())],
@@ -124,7 +159,8 @@ def client_profile(data: MultimodalArrays, num_classes: int) -> ClientProfile:
 class NodeRunner:
     """One edge node's loop. ``run()`` returns 0 when the federation is over (or after ``max_tasks``
     rounds, or on :meth:`stop`), 2 when the token is refused (revoked, wrong federation), 3 when the
-    federation or round does not exist.
+    federation or round does not exist, 4 when the node's data does not fit the federation (modalities,
+    shapes, classes).
 
     Network errors, timeouts and 5xx (a coordinator restarting) are retried by the client, then here with
     capped, jittered backoff, forever. A refused update (409: the round closed, failed or moved on while
@@ -147,6 +183,7 @@ class NodeRunner:
     ) -> None:
         self.client = client
         self.fid = federation_id
+        self.raw_data = data  # as loaded; ``data`` is what trains: standardised as the federation says
         self.data = data
         self.threads = threads
         self.device = device
@@ -159,6 +196,7 @@ class NodeRunner:
         self.rounds_refused: list[int] = []
         self.rounds_skipped: set[int] = set()
         self._last_wait_reason: str | None = None
+        self._uses_prototypes = True
         self._stop = False
         self._rng = random.Random()
 
@@ -168,11 +206,20 @@ class NodeRunner:
     def _ensure_model(self) -> LocalModel:
         if self.local is None:
             federation = self.client.federations.get(self.fid)
-            self.local = LocalModel(federation.config, self.threads, self.device)
-            self.client.clients.report_profile(self.fid, client_profile(self.data, federation.config.num_classes))
-            log.info("joined federation %s (%s, %d classes) with %d samples, modalities %s", self.fid,
-                     federation.config.algorithm, federation.config.num_classes, len(self.data),
-                     [m for m in self.data.modalities if self.data.present[m].any()])
+            config = federation.config
+            self.data = prepare_node_data(self.raw_data, config)
+            self.local = LocalModel(config, self.threads, self.device)
+            self.client.clients.report_profile(self.fid, client_profile(self.data, config.num_classes))
+            held = [m for m in self.data.modalities if self.data.present[m].any()]
+            log.info("joined federation %s (%s, %d classes) with %d samples, modalities %s, normalization %s",
+                     self.fid, config.algorithm, config.num_classes, len(self.data), held,
+                     config.normalization.mode)
+            if not held:
+                log.warning("this node holds none of the federation's modalities (%s) in any sample: it will never "
+                            "be sampled to train. It stays live (it counts towards clients_per_round when "
+                            "min_clients is unset) and waits until the federation ends; stop it with Ctrl-C.",
+                            ", ".join(m.name for m in config.modalities))
+            self._uses_prototypes = uses_prototypes(str(config.algorithm))
         return self.local
 
     def run(self, max_tasks: int | None = None) -> int:
@@ -197,7 +244,7 @@ class NodeRunner:
                     continue
                 self._last_wait_reason = None
                 log.info("round %s: training from model v%s%s", task.round, task.model_version,
-                         f" with complete prototypes v{task.prototype_version}"
+                         "" if not self._uses_prototypes else f" with complete prototypes v{task.prototype_version}"
                          if task.prototype_version is not None else " (no complete prototypes yet)")
                 try:
                     outcome = perform_task(self.client, self.fid, task, self.data, local,
@@ -215,6 +262,9 @@ class NodeRunner:
                          outcome.seconds["download"], outcome.seconds["train"], outcome.seconds["upload"])
                 if max_tasks is not None and len(self.rounds_done) >= max_tasks:
                     return 0
+            except DataMismatchError as exc:
+                log.error("this node cannot train for federation %s: %s", self.fid, exc)
+                return EXIT_DATA_MISMATCH
             except (AuthenticationError, PermissionDeniedError) as exc:
                 if isinstance(exc, PermissionDeniedError) and getattr(exc, "code", None) == "not_participant":
                     log.warning("not a participant any more: %s", exc)

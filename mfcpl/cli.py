@@ -2,8 +2,10 @@
 so the coordinator commands never import torch).
 
 Each command imports only what it needs: the operator commands need the base install (httpx), ``serve`` and
-``db`` the ``server`` extra, ``client run``, ``simulate`` and ``sweep`` the ``client`` extra (torch). A missing
-extra ends the command with exit status 2 and a message naming the extra, not a traceback.
+``db`` the ``server`` extra, ``client run``, ``simulate``, ``sweep``, ``model init``, ``evaluate`` and ``federation
+create --init-model`` the ``client`` extra (torch). A missing extra ends the command with exit status 2 and a
+message naming the extra, not a traceback. ``federation create --from-dataset``, ``model init`` and ``evaluate``
+work on a user's data-set folder; what they do with it lives in :mod:`mfcpl.operator`.
 
 Exit status: 0 done; 1 an error from the coordinator (or it cannot be reached, or no admin token); 2 a usage
 error or a missing extra; 3 ``simulate`` only: the federation stopped (cancelled, paused too long, no round
@@ -20,8 +22,10 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from typing import Any
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
 EXIT_MISSING_EXTRA = 2
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 # Subcommands handed whole to other modules: name -> (module, function).
@@ -151,9 +156,35 @@ def build_parser() -> argparse.ArgumentParser:
     federation = sub.add_parser("federation", help="operator: create, list, inspect, pause, resume, cancel",
                                 description="operator commands on federations", epilog=EPILOG)
     fed_sub = federation.add_subparsers(dest="federation_command", required=True, metavar="ACTION")
-    create = fed_sub.add_parser("create", parents=[operator], help="create a federation from a JSON config",
-                                description="create a federation from a JSON config; prints it as JSON")
-    create.add_argument("--file", required=True, type=Path, help="FederationCreate JSON ('-' for stdin)")
+    create = fed_sub.add_parser(
+        "create", parents=[operator], help="create a federation from a JSON config or a data-set folder",
+        description="create a federation from a JSON config (--file) or from a data-set folder with layout.json "
+        "(--from-dataset: name, modalities, shapes and classes from the layout, feature statistics from its training "
+        "data); prints the federation as JSON", epilog=EPILOG)
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--file", type=Path, help="FederationCreate JSON ('-' for stdin)")
+    source.add_argument("--from-dataset", type=Path, metavar="PATH",
+                        help="a data-set folder with layout.json (docs/data.md)")
+    derived = create.add_argument_group("with --from-dataset")
+    derived.add_argument("--name", default=None, help="federation name (default: the layout's name)")
+    derived.add_argument("--algorithm", default=None, choices=[a.value for a in _algorithms()],
+                         help="default mfcpl")
+    derived.add_argument("--rounds", type=int, default=None, help="default 200")
+    derived.add_argument("--clients-per-round", type=int, default=None,
+                         help="default min(10, the folder's training clients)")
+    derived.add_argument("--seed", type=int, default=None,
+                         help="federation seed, also the partition and dev-cut seed (default 0)")
+    derived.add_argument("--normalization", default="federated", choices=("federated", "client", "none"),
+                         help="federated (default): standardise with statistics of every training client combined, "
+                         "stored in the federation; client: each node with its own data's; none")
+    _partition_args(derived)
+    derived.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                         help="any setting, e.g. training.lambda_cmpr=0.5 or model.hidden_dim=64 (repeatable)")
+    derived.add_argument("--dry-run", action="store_true",
+                         help="print the FederationCreate JSON and create nothing (no coordinator needed)")
+    derived.add_argument("--init-model", action="store_true",
+                         help="also build and upload model version 0, seeded with the federation seed (as mfcpl "
+                         "model init; needs the client extra)")
     listing = fed_sub.add_parser("list", parents=[operator], help="list federations (a table; --json for scripts)",
                                  description="list federations: id, name, status, round, latest model")
     _json_flag(listing)
@@ -189,6 +220,47 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--json", action="store_true", help="print each event as one JSON line (for scripts)")
     watch.add_argument("--quiet-updates", action="store_true", help="do not print a line per update received")
 
+    model = sub.add_parser("model", help="operator: model version 0", description="a federation's models",
+                           epilog=EPILOG)
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    init = model_sub.add_parser(
+        "init", parents=[operator], help="build the federation's model and upload it as version 0 (client extra)",
+        description="build the model the federation's config declares (client_sdk.model.build_model, seeded) and "
+        "upload it as model version 0; prints the model version as JSON", epilog=EPILOG)
+    init.add_argument("fid", metavar="FID", help="federation id")
+    init.add_argument("--seed", type=int, default=None, help="seed of the initial weights (default: the federation's)")
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[operator], help="operator: score global model versions on a dev/test set (client extra)",
+        description="score global model versions on a data set's dev or test split, with the federation's feature "
+        "normalisation, and record the scores with the round that produced each version (they show in mfcpl "
+        "metrics); version 0 belongs to no round: it is scored and shown, never recorded", epilog=EPILOG)
+    evaluate.add_argument("fid", metavar="FID", help="federation id")
+    evaluate.add_argument("--data", required=True, type=Path, metavar="PATH",
+                          help="a data-set folder with layout.json, or one .safetensors/.npz feature file (its layout "
+                          "from layout.json next to it or one folder up)")
+    evaluate.add_argument("--split", default="test", choices=("test", "dev"),
+                          help="the folder's test (default) or dev set; also the name the scores are recorded under")
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, default=None, metavar="N", help="only model version N")
+    which.add_argument("--all", action="store_true", help="every model version, 0 included")
+    which.add_argument("--follow", action="store_true",
+                       help="every version so far, then each new one as rounds close, until the federation completes "
+                       "or is cancelled (progress on stderr)")
+    cut = evaluate.add_argument_group(
+        "--split dev on a folder without a dev file: the dev cut (as federation create made it)")
+    cut.add_argument("--dev-fraction", type=float, default=None,
+                     help="the --dev-fraction federation create had (default: the loader's, 0.2)")
+    cut.add_argument("--seed", type=int, default=None, help="the dev-cut seed (default: the federation's seed, "
+                     "which federation create --from-dataset cut with)")
+    evaluate.add_argument("--no-record", action="store_true", help="only print the scores, record nothing")
+    evaluate.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    evaluate.add_argument("--poll", type=float, default=30.0, metavar="SECONDS",
+                          help="with --follow: longest wait for news before checking again (default 30)")
+    evaluate.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                          help="with --follow: give up (exit 1) after this long (default: until the federation ends)")
+    _json_flag(evaluate)
+
     viewer = sub.add_parser("viewer-token", help="operator: read-only tokens for dashboards",
                             description="read-only viewer tokens (a dashboard, not the admin token)", epilog=EPILOG)
     viewer_sub = viewer.add_subparsers(dest="viewer_command", required=True, metavar="ACTION")
@@ -210,6 +282,22 @@ def build_parser() -> argparse.ArgumentParser:
         tool = sub.add_parser(name, help=f"{what}; mfcpl {name} --help", add_help=False)
         tool.add_argument("rest", nargs=argparse.REMAINDER, help=f"the options of mfcpl {name}")
     return parser
+
+
+def _algorithms() -> list[Any]:
+    from mfcpl.wire.schemas import Algorithm
+
+    return list(Algorithm)
+
+
+def _partition_args(group: argparse._ArgumentGroup) -> None:
+    """How a pooled training file becomes clients, and the dev cut (client_sdk.data.load_federation's options)."""
+    group.add_argument("--partition", default=None, choices=("iid", "dirichlet", "group", "given"),
+                       help="pooled training data: how it is split into clients (default: the loader's)")
+    group.add_argument("--num-clients", type=int, default=None, help="pooled training data: number of clients")
+    group.add_argument("--alpha", type=float, default=None, help="dirichlet partition: label skew")
+    group.add_argument("--dev-fraction", type=float, default=None,
+                       help="no dev file: the share of training samples cut off as the dev set")
 
 
 def client_parser() -> argparse.ArgumentParser:
@@ -431,9 +519,77 @@ def _gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage_error(command: str, message: object) -> int:
+    print(f"{command}: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# `federation create` options that only mean something with --from-dataset (dest -> flag).
+FROM_DATASET_ONLY = {
+    "name": "--name", "algorithm": "--algorithm", "rounds": "--rounds", "clients_per_round": "--clients-per-round",
+    "seed": "--seed", "partition": "--partition", "num_clients": "--num-clients", "alpha": "--alpha",
+    "dev_fraction": "--dev-fraction", "overrides": "--set", "dry_run": "--dry-run", "init_model": "--init-model",
+}
+
+
+def _partition_options(args: argparse.Namespace) -> Any:
+    from mfcpl.operator import PartitionOptions
+
+    return PartitionOptions(partition=getattr(args, "partition", None), num_clients=getattr(args, "num_clients", None),
+                            alpha=getattr(args, "alpha", None), dev_fraction=args.dev_fraction, seed=args.seed)
+
+
+def _create_from_dataset(args: argparse.Namespace) -> int:
+    """``federation create --from-dataset PATH``: the config from the folder, then create (and model v0)."""
+    command = "mfcpl federation create"
+    if args.init_model and not args.dry_run:
+        _require(f"{command} --init-model", ("torch",))  # before anything is created
+    from mfcpl.operator import DatasetError, federation_from_dataset, initial_weights
+
+    started = time.perf_counter()
+    try:
+        config, data = federation_from_dataset(
+            args.from_dataset, name=args.name, algorithm=args.algorithm, rounds=args.rounds,
+            clients_per_round=args.clients_per_round, seed=args.seed, normalization=args.normalization,
+            options=_partition_options(args), overrides=args.overrides)
+    except DatasetError as error:
+        return _usage_error(command, error)
+    if args.dry_run:
+        print(config.model_dump_json(indent=2))
+        return 0
+    samples = sum(len(c) for c in data.clients)
+    stats = ("statistics of the training clients' " if config.normalization.mode == "federated" else "")
+    print(f"{args.from_dataset}: {len(data.clients)} training clients ({samples} samples), "
+          f"{len(config.modalities)} modalities, {config.num_classes} classes; normalization "
+          f"{config.normalization.mode}" + (f" ({stats}{samples} samples)" if stats else "")
+          + f"; read in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    fed = _request(args, "POST", "/federations", json=config.model_dump(mode="json"))
+    if args.init_model:
+        from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE
+        from mfcpl.wire.tensors import encode_model
+
+        built = time.perf_counter()
+        body = encode_model(initial_weights(config))
+        version = _request(args, "POST", f"/federations/{fed['id']}/models", content=body,
+                           headers={"Content-Type": SAFETENSORS_CONTENT_TYPE})
+        print(f"model version {version['version']} uploaded ({len(body) / 1e6:.2f} MB, built and uploaded in "
+              f"{time.perf_counter() - built:.1f}s)", file=sys.stderr)
+        fed = _request(args, "GET", f"/federations/{fed['id']}")
+    _print(fed)
+    return 0
+
+
 def _federation(args: argparse.Namespace) -> int:
     command = args.federation_command
+    if command == "create" and args.from_dataset is not None:
+        return _create_from_dataset(args)
     if command == "create":
+        extra = [flag for dest, flag in FROM_DATASET_ONLY.items() if getattr(args, dest) not in (None, False, [])]
+        if args.normalization != "federated":
+            extra.append("--normalization")
+        if extra:
+            return _usage_error("mfcpl federation create", f"{', '.join(extra)} only with --from-dataset (a --file "
+                                "config says everything itself)")
         text = sys.stdin.read() if str(args.file) == "-" else args.file.read_text()
         _print(_request(args, "POST", "/federations", json=json.loads(text)))
     elif command == "list":
@@ -562,6 +718,162 @@ def _viewer_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sdk_client(args: argparse.Namespace) -> Any:
+    from client_sdk.client import MfcplClient
+
+    return MfcplClient(args.server, _admin_token(args.token), timeout=60.0, max_retries=2)
+
+
+def _model(args: argparse.Namespace) -> int:
+    """``model init FID``: build the federation's model (seeded) and upload it as version 0."""
+    command = f"mfcpl model {args.model_command}"
+    _require(command, ("torch",))
+    from client_sdk.errors import MfcplError
+    from mfcpl.operator import initial_weights
+
+    with _sdk_client(args) as client:
+        try:
+            config = client.federations.get(args.fid).config
+            started = time.perf_counter()
+            weights = initial_weights(config, args.seed)
+            built = time.perf_counter() - started
+            version = client.models.upload_initial(args.fid, weights)
+        except MfcplError as error:
+            print(f"{command}: {error}", file=sys.stderr)
+            return EXIT_ERROR
+    seed = config.seed if args.seed is None else args.seed
+    print(f"built {config.algorithm} model ({sum(int(w.size) for w in weights.values())} parameters, seed {seed}) in "
+          f"{built:.1f}s; uploaded as version {version.version} ({version.size_bytes / 1e6:.2f} MB) in "
+          f"{time.perf_counter() - started - built:.1f}s", file=sys.stderr)
+    _print(version.model_dump(mode="json"))
+    return 0
+
+
+EVAL_COLUMNS = ("accuracy", "macro_f1", "loss")
+
+
+def _evaluation_row(row: dict[str, Any]) -> list[Any]:
+    metrics = row["metrics"]
+    recorded = "yes" if row["recorded"] else ("no (version 0: no round)" if row["round"] is None else "no")
+    return [row["round"], row["version"], row["split"], row["samples"],
+            *(f"{metrics[k]:.4f}" if k in metrics else None for k in EVAL_COLUMNS), recorded]
+
+
+EVAL_HEADERS = ("ROUND", "VERSION", "SPLIT", "SAMPLES", "ACCURACY", "MACRO-F1", "LOSS", "RECORDED")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    """``evaluate FID --data PATH``: score model versions on a dev/test set and record the scores."""
+    command = "mfcpl evaluate"
+    _require(command, ("torch",))
+    from client_sdk.errors import MfcplError
+    from mfcpl.operator import DatasetError, load_split, normalized, score_weights, scored_versions
+    from mfcpl.wire.schemas import FINISHED_STATUSES, EvaluationCreate
+
+    def progress(line: str) -> None:
+        print(f"evaluate: {line}", file=sys.stderr, flush=True)
+
+    with _sdk_client(args) as client:
+        try:
+            config = client.federations.get(args.fid).config
+        except MfcplError as error:
+            print(f"{command}: {error}", file=sys.stderr)
+            return EXIT_ERROR
+        try:
+            arrays = normalized(load_split(args.data, args.split, config, _partition_options(args)), config)
+        except DatasetError as error:
+            return _usage_error(command, error)
+        progress(f"{args.data} ({args.split}): {len(arrays)} samples; normalization {config.normalization.mode}")
+        model: Any = None
+
+        def score(version: Any) -> dict[str, Any]:
+            nonlocal model
+            weights = client.models.download(args.fid, version.version, expected_sha256=version.sha256).weights
+            metrics, model = score_weights(config, weights, arrays, model, threads=args.threads)
+            metrics = {k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+            recorded = False
+            if version.round is not None and not args.no_record:
+                client.evaluations.create(args.fid, version.round, EvaluationCreate(
+                    split=args.split, metrics=metrics, model_version=version.version))
+                recorded = True
+            return {"round": version.round, "version": version.version, "split": args.split, "samples": len(arrays),
+                    "metrics": metrics, "recorded": recorded}
+
+        try:
+            if not args.follow:
+                try:
+                    versions = scored_versions(client.models.list(args.fid), version=args.version, every=args.all)
+                except LookupError as error:
+                    return _usage_error(command, error)
+                if not versions:
+                    print(f"{command}: federation {args.fid} has no model yet (mfcpl model init {args.fid} uploads "
+                          "version 0)", file=sys.stderr)
+                    return EXIT_ERROR
+                rows = []
+                for version in versions:
+                    progress(f"scoring model version {version.version}")
+                    rows.append(score(version))
+                _print(rows) if args.json else print(_table(EVAL_HEADERS, [_evaluation_row(r) for r in rows]))
+                return 0
+            return _follow(args, client, score, progress, FINISHED_STATUSES)
+        except MfcplError as error:
+            print(f"{command}: {error}", file=sys.stderr)
+            return EXIT_ERROR
+
+
+def _follow(args: argparse.Namespace, client: Any, score: Callable[[Any], dict[str, Any]],
+            progress: Callable[[str], None], finished: frozenset[Any]) -> int:
+    """``evaluate --follow``: score every version, then each new one, until the federation completes or is
+    cancelled. Waits on the event stream at most ``--poll`` seconds at a time; ``--timeout`` bounds the whole."""
+    from mfcpl.wire.schemas import EventType
+
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    done: set[int] = set()
+    widths = [max(len(h), 8) for h in EVAL_HEADERS]
+    if not args.json:
+        print("  ".join(h.ljust(w) for h, w in zip(EVAL_HEADERS, widths, strict=True)).rstrip(), flush=True)
+    last_event_id: str | None = None
+    shown = None
+    while True:
+        fed = client.federations.get(args.fid)  # the status first: every version it had is in the list below
+        for version in sorted(client.models.list(args.fid), key=lambda v: v.version):
+            if version.version in done:
+                continue
+            progress(f"scoring model version {version.version}")
+            row = score(version)
+            done.add(version.version)
+            if args.json:
+                print(json.dumps(row), flush=True)
+            else:
+                cells = ["-" if v is None else str(v) for v in _evaluation_row(row)]
+                print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip(), flush=True)
+        if fed.status in finished:
+            progress(f"federation {fed.id} {fed.status} at round {fed.current_round or 0} of {fed.config.rounds}; "
+                     f"{len(done)} versions scored")
+            return 0
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            print(f"mfcpl evaluate: gave up after --timeout {args.timeout:g}s; federation {fed.id} is {fed.status} "
+                  f"at round {fed.current_round or 0} of {fed.config.rounds}", file=sys.stderr)
+            return EXIT_ERROR
+        state = (fed.status, fed.current_round, fed.status_reason)
+        if state != shown:
+            progress(f"waiting for the next model: {fed.status}, round {fed.current_round or 0} of "
+                     f"{fed.config.rounds}" + (f" ({fed.status_reason})" if fed.status_reason else ""))
+            shown = state
+        wait = args.poll if remaining is None else min(args.poll, remaining)
+        stream = client.events.stream(args.fid, last_event_id=last_event_id, timeout=max(0.1, wait))
+        try:
+            for event in stream:
+                new_model = (event.type == EventType.ROUND_CLOSED
+                             and event.data.get("output_model_version") not in done)
+                if new_model or event.type in (EventType.FEDERATION_STATUS, EventType.ROUND_FAILED):
+                    break
+        finally:
+            last_event_id = stream.last_event_id
+            stream.close()
+
+
 def _client_help(argv: list[str]) -> bool:
     """``mfcpl client``, ``mfcpl client -h``: the help that lists enroll and run."""
     return not argv or argv[0] in ("-h", "--help")
@@ -611,4 +923,8 @@ def _main(argv: list[str]) -> int:
         return _watch(args)
     if args.command == "viewer-token":
         return _viewer_token(args)
+    if args.command == "model":
+        return _model(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     raise AssertionError(args.command)

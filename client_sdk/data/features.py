@@ -1,11 +1,13 @@
 """Feature-file datasets laid out like FedMultimodal's Hateful Memes and MELD features, without pickle.
 
 FedMultimodal stores one pickle per client; here the same content lives in safetensors or npz files
-(``np.load(..., allow_pickle=False)``), one of two layouts under a dataset folder ``<root>``::
+(``np.load(..., allow_pickle=False)``), one of three layouts under a dataset folder ``<root>``
+(read by :mod:`client_sdk.data.folder`, which also partitions and cuts the dev set)::
 
-    <root>/layout.json                      optional: the FeatureLayout (else pass a preset)
+    <root>/layout.json                      the FeatureLayout (else pass a preset)
     <root>/clients/<client>.safetensors     per-client layout: one file per client (or .npz) ...
-    <root>/train.safetensors                ... or one file for all clients, with a `client` column
+    <root>/train.safetensors                ... or one file for all clients, with a `client` column, or pooled:
+                                            no `client` column, optional `group` column (+ `group_names`)
     <root>/dev.safetensors                  pooled dev set (optional)
     <root>/test.safetensors                 test set
 
@@ -19,7 +21,9 @@ Tensors in every file (N samples):
     ``lengths[i]`` rows);
 * ``<m>.present`` (optional): bool/uint8 [N], 0 where the sample lacks the modality (its values are ignored);
 * ``client`` (one-file layout only): int [N] client id; names come from the metadata key / npz array
-  ``client_names`` (a JSON list / a unicode array indexed by id), else ``c<id>``.
+  ``client_names`` (a JSON list / a unicode array indexed by id), else ``c<id>``;
+* ``group`` (pooled layout only, optional): int [N] group id (subject, speaker, site); names from
+  ``group_names`` likewise, else ``g<id>``.
 
 Sequences are truncated (first rows kept) or zero-padded to the layout's length; a sample with zero rows
 counts as missing. The layout maps each modality to a :class:`~mfcpl.wire.schemas.ModalitySpec` kind:
@@ -35,14 +39,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pydantic import ValidationError
 
 from client_sdk.data.arrays import MultimodalArrays
-from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset
+from client_sdk.data.federated import DatasetNotFoundError, FederatedDataset
 from mfcpl.wire import tensors as st
 from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 FILE_SUFFIXES = (".safetensors", ".npz")
 LAYOUT_FILE = "layout.json"
+NAME_LISTS = ("client_names", "group_names")
+"""Names indexed by the ``client`` / ``group`` column: safetensors metadata (JSON lists) or npz unicode arrays."""
 
 
 class FeatureFormatError(ValueError):
@@ -59,8 +66,15 @@ class FeatureLayout:
     class_names: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise ValueError("class_names must have num_classes entries")
+        if not self.modalities:
+            raise ValueError("a layout needs at least one modality")
+        names = [spec.name for spec in self.modalities]
+        if len(set(names)) != len(names):
+            raise ValueError(f"modality names must be unique, got {names}")
         for spec in self.modalities:
             if spec.kind in (ModalityKind.TOKENS, ModalityKind.TIMESERIES) and len(spec.shape) != 2:
                 raise ValueError(f"{spec.name}: a {spec.kind} modality has shape [length, features]")
@@ -93,16 +107,37 @@ class FeatureLayout:
 
     @classmethod
     def from_json(cls, text: str) -> FeatureLayout:
+        """The layout in ``layout.json``; any problem is one :class:`FeatureFormatError` line."""
         try:
             raw = json.loads(text)
+            if not isinstance(raw, dict):
+                raise ValueError("expected a JSON object")
+            missing = [key for key in ("name", "num_classes", "modalities") if key not in raw]
+            if missing:
+                raise ValueError(f"missing field(s) {missing}")
             return cls(
                 name=str(raw["name"]),
-                modalities=tuple(ModalitySpec.model_validate(m) for m in raw["modalities"]),
+                modalities=tuple(_modality_spec(i, m) for i, m in enumerate(raw["modalities"])),
                 num_classes=int(raw["num_classes"]),
                 class_names=tuple(raw.get("class_names") or ()),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (TypeError, ValueError) as exc:
             raise FeatureFormatError(f"invalid {LAYOUT_FILE}: {exc}") from exc
+
+
+def _modality_spec(index: int, raw: object) -> ModalitySpec:
+    try:
+        return ModalitySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"modalities[{index}].{_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """A pydantic error as one line: where and what, e.g. ``name: String should match pattern ...``."""
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "value"
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {error['msg']} (got {error.get('input')!r}){more}"
 
 
 # FedMultimodal's feature extractors: MobileNetV2 image vectors (1280), MobileBERT last hidden states (512 per
@@ -145,9 +180,7 @@ def read_tensor_file(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray
                 arrays = {k: f[k] for k in f.files}
         except ValueError as exc:  # object arrays need pickle: refused
             raise FeatureFormatError(f"{p}: {exc}") from exc
-        meta: dict[str, str] = {}
-        if "client_names" in arrays:
-            meta["client_names"] = json.dumps([str(x) for x in arrays.pop("client_names")])
+        meta = {key: json.dumps([str(x) for x in arrays.pop(key)]) for key in NAME_LISTS if key in arrays}
         return arrays, meta
     raise FeatureFormatError(f"{p}: unsupported file type (use {' or '.join(FILE_SUFFIXES)})")
 
@@ -244,32 +277,25 @@ def load_feature_file(path: str | os.PathLike[str], layout: FeatureLayout) -> Mu
         raise FeatureFormatError(f"{path}: {exc}") from exc
 
 
-def split_by_client(path: str | os.PathLike[str], layout: FeatureLayout) -> list[ClientShard]:
-    """The one-file layout: a file with a ``client`` column, split into one shard per client id (sorted)."""
-    tensors, meta = read_tensor_file(path)
-    if "client" not in tensors:
-        raise FeatureFormatError(f"{path}: the one-file layout needs a 'client' column")
-    clients = np.asarray(tensors["client"]).astype(np.int64)
-    try:
-        names = json.loads(meta["client_names"]) if "client_names" in meta else None
-        data = arrays_from_tensors(tensors, layout)
-    except (FeatureFormatError, json.JSONDecodeError) as exc:
-        raise FeatureFormatError(f"{path}: {exc}") from exc
-    if clients.shape != (len(data),):
-        raise FeatureFormatError(f"{path}: client must be [N={len(data)}]")
-    shards = []
-    for cid in np.unique(clients):
-        idx = np.flatnonzero(clients == cid)
-        name = str(names[cid]) if names is not None and 0 <= cid < len(names) else f"c{cid}"
-        shards.append(ClientShard(name=name, data=data.subset(idx), indices=idx, subject=int(cid)))
-    return shards
-
-
-def _find(root: Path, stem: str) -> Path | None:
+def find_split_file(root: Path, stem: str) -> Path | None:
+    """``<root>/<stem>.safetensors`` or ``<root>/<stem>.npz``, whichever exists first."""
     for suffix in FILE_SUFFIXES:
         if (root / f"{stem}{suffix}").is_file():
             return root / f"{stem}{suffix}"
     return None
+
+
+def resolve_layout(root: Path, layout: FeatureLayout | str | None) -> FeatureLayout:
+    """``layout`` itself, a preset by name, or ``<root>/layout.json``."""
+    if isinstance(layout, FeatureLayout):
+        return layout
+    if layout is not None:
+        if layout not in PRESETS:
+            raise ValueError(f"unknown feature layout {layout!r} (presets: {sorted(PRESETS)})")
+        return PRESETS[layout]
+    if not (root / LAYOUT_FILE).is_file():
+        raise DatasetNotFoundError(f"{root}: no {LAYOUT_FILE} and no layout given")
+    return FeatureLayout.from_json((root / LAYOUT_FILE).read_text())
 
 
 def load_feature_federation(
@@ -279,59 +305,19 @@ def load_feature_federation(
     clients: Sequence[str] | None = None,
     max_clients: int | None = None,
 ) -> FederatedDataset:
-    """A feature dataset folder (either layout) as a :class:`FederatedDataset`.
+    """A feature data set folder split into its own clients, with its dev file or an empty dev set.
 
     ``layout``: a :class:`FeatureLayout`, a preset name (``hateful_memes``, ``meld``) or None to read
     ``<root>/layout.json``. ``clients`` keeps only those names; ``max_clients`` the first ones (sorted by name
-    in the per-client layout, by id in the one-file layout). A missing dev set is empty.
+    in the per-client layout, by id in the one-file layout). For partitions, a dev cut and pooled data use
+    :func:`client_sdk.data.folder.load_folder_federation`.
     """
+    from client_sdk.data.folder import load_folder_federation
+
     base = Path(root)
-    if not base.is_dir():
-        raise DatasetNotFoundError(f"no feature dataset folder at {base}")
-    if isinstance(layout, str):
-        if layout not in PRESETS:
-            raise ValueError(f"unknown feature layout {layout!r} (presets: {sorted(PRESETS)})")
-        layout = PRESETS[layout]
-    if layout is None:
-        if not (base / LAYOUT_FILE).is_file():
-            raise DatasetNotFoundError(f"{base}: no {LAYOUT_FILE} and no layout given")
-        layout = FeatureLayout.from_json((base / LAYOUT_FILE).read_text())
-
-    wanted = set(clients) if clients is not None else None
-    if (base / "clients").is_dir():
-        files = sorted(p for p in (base / "clients").iterdir() if p.suffix in FILE_SUFFIXES)
-        files = [p for p in files if wanted is None or p.stem in wanted]
-        if max_clients is not None:
-            files = files[:max_clients]
-        shards = []
-        for p in files:
-            data = load_feature_file(p, layout)
-            shards.append(ClientShard(name=p.stem, data=data, indices=np.arange(len(data)), subject=p.stem))
-    elif (train := _find(base, "train")) is not None:
-        shards = [s for s in split_by_client(train, layout) if wanted is None or s.name in wanted]
-        if max_clients is not None:
-            shards = shards[:max_clients]
-    else:
-        raise DatasetNotFoundError(f"{base}: neither clients/ nor train.safetensors / train.npz")
-    if wanted is not None and (unknown := wanted - {s.name for s in shards}) and max_clients is None:
-        raise ValueError(f"unknown clients {sorted(unknown)}")
-
-    test_file = _find(base, "test")
-    if test_file is None:
-        raise DatasetNotFoundError(f"{base}: no test.safetensors / test.npz")
-    dev_file = _find(base, "dev")
-    test = load_feature_file(test_file, layout)
-    dev = load_feature_file(dev_file, layout) if dev_file is not None else test.subset(np.zeros(0, dtype=np.int64))
-    return FederatedDataset(
-        name=layout.name,
-        clients=shards,
-        dev=dev,
-        test=test,
-        modalities=list(layout.modalities),
-        num_classes=layout.num_classes,
-        class_names=list(layout.class_names) or [str(i) for i in range(layout.num_classes)],
-        options={"root": str(base), "clients": list(clients) if clients is not None else None,
-                 "max_clients": max_clients},
+    no_dev = base.is_dir() and find_split_file(base, "dev") is None
+    return load_folder_federation(
+        base, layout, dev_fraction=0.0 if no_dev else None, clients=clients, max_clients=max_clients
     )
 
 
@@ -339,16 +325,23 @@ def load_feature_federation(
 
 
 def save_feature_file(
-    path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray], client_names: Sequence[str] | None = None
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    client_names: Sequence[str] | None = None,
+    group_names: Sequence[str] | None = None,
 ) -> Path:
-    """Write ``tensors`` in the layout above (``.safetensors`` or ``.npz`` by suffix); a helper for converters."""
+    """Write ``tensors`` in the layout above (``.safetensors`` or ``.npz`` by suffix); a helper for converters.
+
+    ``client_names`` / ``group_names`` name the ids of the ``client`` / ``group`` column.
+    """
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
+    names = {k: list(v) for k, v in (("client_names", client_names), ("group_names", group_names)) if v is not None}
     if p.suffix == ".safetensors":
-        meta = {"client_names": json.dumps(list(client_names))} if client_names is not None else None
+        meta = {k: json.dumps(v) for k, v in names.items()} or None
         p.write_bytes(st.encode({k: np.ascontiguousarray(v) for k, v in tensors.items()}, meta))
     elif p.suffix == ".npz":
-        extra = {"client_names": np.array(list(client_names), dtype=str)} if client_names is not None else {}
+        extra = {k: np.array(v, dtype=str) for k, v in names.items()}
         np.savez(p, **tensors, **extra)  # type: ignore[arg-type]  # numpy's stub: a key might be allow_pickle
     else:
         raise FeatureFormatError(f"{p}: unsupported file type (use {' or '.join(FILE_SUFFIXES)})")

@@ -29,6 +29,13 @@ def default_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
     return DEFAULT_CACHE_DIR.expanduser()
 
 
+class UnknownClientError(KeyError, ValueError):
+    """A client name the federation does not have (a ``KeyError`` and a ``ValueError``; printed plainly)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass
 class ClientShard:
     """One simulated client's local data.
@@ -71,7 +78,9 @@ class FederatedDataset:
             if shard.name == name:
                 return shard
         known = ", ".join(s.name for s in self.clients[:8])
-        raise KeyError(f"no client {name!r} in {self.name} (known: {known}{', ...' if len(self.clients) > 8 else ''})")
+        raise UnknownClientError(
+            f"no client {name!r} in {self.name} (known: {known}{', ...' if len(self.clients) > 8 else ''})"
+        )
 
     @property
     def client_names(self) -> list[str]:

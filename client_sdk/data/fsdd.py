@@ -12,14 +12,18 @@ Source: ``<data_dir>/fsdd_mfeat_av/fsdd_mfeat_av.npz`` (see its README: the pair
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
+from client_sdk.data.features import LAYOUT_FILE, FeatureLayout, save_feature_file
 from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset, default_data_dir
 from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
@@ -153,3 +157,61 @@ def fsdd_av_federation(
         options={"frames": frames, "n_mels": n_mels, "dev_takes": dev_takes, "speakers": chosen,
                  "max_clients": max_clients},
     )
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def _export_tensors(arrays: MultimodalArrays) -> dict[str, np.ndarray]:
+    return {"label": arrays.labels, "audio": arrays.inputs["audio"], "image": arrays.inputs["image"]}
+
+
+def export_fsdd_av(
+    dest: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    fmt: str = "safetensors",
+    frames: int = 80,
+    n_mels: int = 40,
+) -> Path:
+    """Write the ``fsdd_av`` features (as :func:`fsdd_av_federation` computes them) in the POOLED folder layout.
+
+    ``<dest>/layout.json``; ``train`` = every speaker's client takes (speaker after speaker, in
+    :data:`SPEAKERS` order) with a ``group`` column (the speaker's index) and ``group_names`` = the speakers;
+    ``dev`` = train takes 5..9; ``test`` = takes 0..4. ``load_federation(dest, partition="group")`` then gives
+    the clients and samples of ``load_federation("fsdd_av")``.
+    """
+    if fmt not in ("safetensors", "npz"):
+        raise ValueError(f"format must be safetensors or npz, got {fmt!r}")
+    federation = fsdd_av_federation(data_dir=data_dir, frames=frames, n_mels=n_mels)
+    root = Path(dest).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    layout = FeatureLayout("fsdd_av", tuple(federation.modalities), federation.num_classes, tuple(CLASS_NAMES))
+    (root / LAYOUT_FILE).write_text(layout.to_json())
+    clients = federation.clients
+    train = {
+        name: np.concatenate([_export_tensors(c.data)[name] for c in clients]) for name in ("label", "audio", "image")
+    }
+    train["group"] = np.concatenate([np.full(len(c), SPEAKERS.index(c.name), dtype=np.int64) for c in clients])
+    save_feature_file(root / f"train.{fmt}", train, group_names=list(SPEAKERS))
+    save_feature_file(root / f"dev.{fmt}", _export_tensors(federation.dev))
+    save_feature_file(root / f"test.{fmt}", _export_tensors(federation.test))
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m client_sdk.data fsdd_av export DIR [--data-dir D] [--format safetensors|npz]``."""
+    parser = argparse.ArgumentParser(prog="python -m client_sdk.data fsdd_av", description=main.__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write the features as a pooled data set folder (load it by path)")
+    export.add_argument("dest", help="folder to write (created if needed)")
+    export.add_argument("--data-dir", help="folder holding fsdd_mfeat_av/ (default: $MFCPL_DATASETS_DIR or the cache)")
+    export.add_argument("--format", default="safetensors", choices=["safetensors", "npz"])
+    args = parser.parse_args(argv)
+    try:
+        root = export_fsdd_av(args.dest, args.data_dir, fmt=args.format)
+    except DatasetNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(root)
+    return 0

@@ -33,6 +33,7 @@ import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import ClientShard, DatasetNotFoundError, FederatedDataset, default_data_dir
+from client_sdk.data.partition import dirichlet_label_partition
 from mfcpl.wire.schemas import ModalityKind, ModalitySpec
 
 OFFICIAL_URL = "https://archive.ics.uci.edu/static/public/240/human+activity+recognition+using+smartphones.zip"
@@ -377,42 +378,6 @@ def cut_dev_along_segments(
                 taken += size
         carried = target - taken
     return dev
-
-
-def dirichlet_label_partition(
-    labels: np.ndarray,
-    num_shards: int,
-    alpha: float,
-    rng: np.random.Generator,
-    *,
-    min_size: int = 5,
-    max_attempts: int = 10_000,
-) -> list[np.ndarray]:
-    """Split positions ``0..len(labels)-1`` into ``num_shards`` label-skewed shards.
-
-    Per class, proportions ~ Dirichlet(alpha); a shard that already holds ``len/num_shards`` samples gets no
-    more (the usual balancing rule of FedMultimodal / NIID-Bench). Redrawn until every shard has
-    ``min_size`` samples.
-    """
-    n = len(labels)
-    if num_shards * min_size > n:
-        raise ValueError(f"{n} samples cannot fill {num_shards} shards of at least {min_size}")
-    classes = np.unique(labels)
-    for _ in range(max_attempts):
-        shards: list[list[int]] = [[] for _ in range(num_shards)]
-        for cls in classes:
-            idx = np.flatnonzero(labels == cls)
-            rng.shuffle(idx)
-            p = rng.dirichlet(np.full(num_shards, alpha))
-            p = p * np.array([len(s) < n / num_shards for s in shards])
-            if p.sum() == 0:  # every shard is full: spread this class evenly rather than divide by zero
-                p = np.ones(num_shards)
-            cuts = (np.cumsum(p / p.sum()) * len(idx)).astype(int)[:-1]
-            for shard, part in zip(shards, np.split(idx, cuts), strict=True):
-                shard.extend(part.tolist())
-        if min(len(s) for s in shards) >= min_size:
-            return [np.sort(np.array(s, dtype=np.int64)) for s in shards]
-    raise ValueError(f"no Dirichlet({alpha}) draw gave {num_shards} shards of >= {min_size} in {max_attempts} tries")
 
 
 def uci_har_federation(

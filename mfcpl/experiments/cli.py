@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from pydantic import ValidationError
+
 from mfcpl.experiments.config import QUICK_PRESET, ExperimentConfig
 from mfcpl.wire.schemas import Algorithm
 
@@ -83,9 +85,21 @@ def apply_overrides(data: dict[str, Any], assignments: Sequence[str]) -> dict[st
 
 def _add_experiment_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("experiment (defaults: the FedMultimodal UCI-HAR protocol of docs/method.md)")
-    g.add_argument("--dataset", default=None, help="uci_har (default), fsdd_av, ...")
+    g.add_argument("--dataset", default=None, metavar="NAME|PATH",
+                   help="a registered data set (uci_har, the default; fsdd_av; meld; hateful_memes; plug-ins), or "
+                        "the folder of your own data set (layout.json + feature files; docs/data.md)")
     g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATASETS_DIR or the user cache)")
-    g.add_argument("--alpha", type=float, default=None, help="Dirichlet label skew (default 0.1)")
+    g.add_argument("--partition", default=None, choices=["given", "iid", "dirichlet", "group"],
+                   help="how training data becomes clients (not uci_har): the files' own clients (given, the "
+                        "default), iid, dirichlet (label skew, --alpha), group (one client per group id)")
+    g.add_argument("--num-clients", type=int, default=None, help="clients made by --partition iid or dirichlet")
+    g.add_argument("--alpha", type=float, default=None,
+                   help="Dirichlet label skew: uci_har (default 0.1) or --partition dirichlet")
+    g.add_argument("--dev-fraction", type=float, default=None,
+                   help="share of the training data cut as the dev set when the data set has no dev file")
+    g.add_argument("--normalization", default=None, choices=["auto", "federated", "client", "none"],
+                   help="feature standardisation (default auto: none for uci_har, whose loader z-normalises "
+                        "windows; federated statistics of the clients' training data otherwise)")
     g.add_argument("--max-clients", type=int, default=None, help="use only the first N clients")
     g.add_argument("--subjects", default=None, help="UCI-HAR training subjects, comma-separated (default all 21)")
     g.add_argument("--clients-per-round", type=int, default=None, help="default 10")
@@ -104,8 +118,11 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, algorithm: str, missing_rate: float, missing_mode: str,
                      seed: int) -> ExperimentConfig:
     data: dict[str, Any] = json.loads(json.dumps(QUICK_PRESET)) if args.quick else {}
+    if args.quick and (args.dataset or "uci_har") != "uci_har":
+        data.pop("shards_per_subject")  # the preset's one client per subject is UCI-HAR's
     data.update({"algorithm": algorithm, "missing_rate": missing_rate, "missing_mode": missing_mode, "seed": seed})
-    for key in ("dataset", "data_dir", "alpha", "max_clients", "clients_per_round", "rounds", "eval_every", "tag"):
+    for key in ("dataset", "data_dir", "alpha", "max_clients", "clients_per_round", "rounds", "eval_every", "tag",
+                "partition", "num_clients", "dev_fraction", "normalization"):
         value = getattr(args, key)
         if value is not None:
             data[key] = value
@@ -117,7 +134,12 @@ def config_from_args(args: argparse.Namespace, algorithm: str, missing_rate: flo
         if value is not None:
             training[key] = value
     apply_overrides(data, args.set)
-    return ExperimentConfig.model_validate(data)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"invalid settings: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _print_result(result: Any) -> None:
@@ -184,21 +206,25 @@ def _simulate(args: argparse.Namespace, progress: ProgressPrinter) -> int:
     else:
         cfg = config_from_args(args, args.algorithm, args.missing_rate, args.missing_mode, args.seed)
     out = Path(args.out or Path("runs") / cfg.run_id())
-    from mfcpl.experiments.runner import FederationStopped, run_experiment, run_experiment_inprocess
+    from mfcpl.experiments.runner import DatasetError, FederationStopped, run_experiment, run_experiment_inprocess
 
     results = []
-    if args.in_process or args.compare:
-        results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
-                                                workers=args.workers, device=args.device, progress=progress))
-    if not args.in_process:
-        try:
+    try:
+        if args.in_process or args.compare:
+            results.append(run_experiment_inprocess(cfg, out / "inprocess" if args.compare else out,
+                                                    workers=args.workers, device=args.device, progress=progress))
+        if not args.in_process:
             results.append(run_experiment(cfg, out / "http" if args.compare else out, server_url=args.server,
                                           admin_token=args.admin_token, workers=args.workers, device=args.device,
                                           progress=progress))
-        except FederationStopped as exc:
-            progress.close()
-            print(f"mfcpl simulate: stopped: {exc.reason}", file=sys.stderr)
-            return EXIT_FEDERATION_STOPPED
+    except FederationStopped as exc:
+        progress.close()
+        print(f"mfcpl simulate: stopped: {exc.reason}", file=sys.stderr)
+        return EXIT_FEDERATION_STOPPED
+    except DatasetError as exc:
+        progress.close()
+        print(f"mfcpl simulate: {exc}", file=sys.stderr)
+        return 2
     progress.close()
     for result in results:
         print(f"\nresult ({result.transport}):")
@@ -428,9 +454,13 @@ def _last_progress_line(log: Path) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("simulate", "sweep"):
-        print("usage: python -m mfcpl.experiments.cli {simulate,sweep} ...", file=sys.stderr)
+    if not argv or argv[0] not in ("simulate", "sweep", "reference"):
+        print("usage: python -m mfcpl.experiments.cli {simulate,sweep,reference} ...", file=sys.stderr)
         return 2
+    if argv[0] == "reference":
+        from mfcpl.experiments.reference import reference_main
+
+        return reference_main(argv[1:])
     return simulate_main(argv[1:]) if argv[0] == "simulate" else sweep_main(argv[1:])
 
 

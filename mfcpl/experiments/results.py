@@ -27,6 +27,9 @@ class RunResult(BaseModel):
     federation_id: str | None = None
     trainable_clients: int
     missing: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(
+        default_factory=dict, description="The data set as loaded: its partition (scheme, clients, seed, dev cut) and "
+        "the normalization mode applied.")
     best_dev_round: int | None
     best_dev_macro_f1: float | None
     test_at_best_dev: dict[str, float]
@@ -62,7 +65,7 @@ class RunResult(BaseModel):
 
 def summarize_history(cfg: ExperimentConfig, history: list[dict[str, Any]], *, wall_time_s: float, transport: str,
                       missing: dict[str, Any], trainable_clients: int, federation_id: str | None = None,
-                      device: str = "cpu") -> RunResult:
+                      device: str = "cpu", data: dict[str, Any] | None = None) -> RunResult:
     evaluated = [e for e in history if "dev_macro_f1" in e]
     best = max(evaluated, key=lambda e: e["dev_macro_f1"]) if evaluated else None  # first best on ties
     last = evaluated[-SMOOTH_LAST:]
@@ -81,6 +84,7 @@ def summarize_history(cfg: ExperimentConfig, history: list[dict[str, Any]], *, w
         federation_id=federation_id,
         trainable_clients=trainable_clients,
         missing=missing,
+        data=data or {},
         best_dev_round=best["round"] if best else None,
         best_dev_macro_f1=best["dev_macro_f1"] if best else None,
         test_at_best_dev={k[5:]: v for k, v in best.items() if k.startswith("test_")} if best else {},

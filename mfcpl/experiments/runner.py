@@ -35,7 +35,14 @@ from client_sdk.data.registry import load_federation
 from mfcpl.experiments.config import ExperimentConfig, federation_config
 from mfcpl.experiments.embedded import EmbeddedCoordinator
 from mfcpl.experiments.results import RunResult, summarize_history
-from mfcpl.wire.schemas import EvaluationCreate, Federation, FederationCreate, FederationStatus, RoundState
+from mfcpl.wire.schemas import (
+    EvaluationCreate,
+    Federation,
+    FederationCreate,
+    FederationStatus,
+    Normalization,
+    RoundState,
+)
 from mfcpl.wire.tensors import decode_model, encode_model
 
 Progress = Callable[[str], None]
@@ -54,19 +61,35 @@ def _no_progress(line: str) -> None:
     pass
 
 
-def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummary]:
-    """The partition and its missing modalities, both drawn from ``cfg.seed`` (same for every method)."""
+class DatasetError(ValueError):
+    """The experiment's data set cannot be loaded as asked; the message says why (shown without a traceback)."""
+
+
+def dataset_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The loader options this experiment sets. Only what it sets: a loader refuses options that do not apply
+    to its data set (``alpha`` without a Dirichlet partition, ``subjects`` outside UCI-HAR) rather than ignore
+    them."""
     options: dict[str, Any] = {"seed": cfg.seed}
-    if cfg.dataset == "uci_har":
-        options["alpha"] = cfg.alpha
-        options["shards_per_subject"] = cfg.shards_per_subject
-        if cfg.subjects is not None:
-            options["subjects"] = cfg.subjects
-    if cfg.max_clients is not None:
-        options["max_clients"] = cfg.max_clients
-    federation = load_federation(cfg.dataset, data_dir=cfg.data_dir, **options)
+    for key in ("alpha", "shards_per_subject", "subjects", "max_clients", "partition", "num_clients", "dev_fraction"):
+        value = getattr(cfg, key)
+        if value is not None:
+            options[key] = value
+    return options
+
+
+def prepare_data(cfg: ExperimentConfig) -> tuple[FederatedDataset, MissingSummary, Normalization]:
+    """The partition, its missing modalities and the feature standardisation, all drawn from ``cfg.seed``
+    (the same for every method). Statistics come from what the clients hold after the missing-modality draw."""
+    from client_sdk.data.normalize import normalize_federation
+
+    try:
+        federation = load_federation(cfg.dataset, data_dir=cfg.data_dir, **dataset_options(cfg))
+    except (ValueError, FileNotFoundError) as exc:  # unknown name, bad folder, an option that does not apply
+        raise DatasetError(f"data set {cfg.dataset!r}: {exc}") from exc
     rule = cfg.missing_mode if cfg.missing_rate > 0 else "none"
-    return simulate_missing(federation, rule, cfg.missing_rate, cfg.seed)
+    federation, summary = simulate_missing(federation, rule, cfg.missing_rate, cfg.seed)
+    federation, normalization = normalize_federation(federation, cfg.resolved_normalization())
+    return federation, summary, normalization
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -80,7 +103,7 @@ def _worker_init(cfg_json: str, fc_json: str, base_url: str | None, device: str 
 
     torch.set_num_threads(1)
     cfg = ExperimentConfig.model_validate_json(cfg_json)
-    federation, _ = prepare_data(cfg)
+    federation, _, _ = prepare_data(cfg)
     from client_sdk.node import LocalModel
 
     _W["shards"] = {c.name: c.data for c in federation.clients}
@@ -226,12 +249,13 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, wo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    progress(f"setup: loading {cfg.dataset} (seed {cfg.seed}, {cfg.missing_mode}-level q={cfg.missing_rate})")
-    federation, summary = prepare_data(cfg)
+    progress(f"setup: loading {cfg.dataset} (seed {cfg.seed}, {cfg.missing_mode}-level q={cfg.missing_rate}, "
+             f"normalization {cfg.resolved_normalization()})")
+    federation, summary, normalization = prepare_data(cfg)
     trainable = sorted(c.name for c in federation.clients if c.can_train)
     if not trainable:
         raise RuntimeError(f"no client can train at {cfg.missing_mode}-level q={cfg.missing_rate}")
-    config = federation_config(cfg, federation, len(trainable))
+    config = federation_config(cfg, federation, len(trainable), normalization)
     progress(f"{cfg.run_id()}{transport.label}: {len(federation.clients)} clients, {len(trainable)} can train; "
              f"{config.clients_per_round} per round, {cfg.rounds} rounds, {cfg.algorithm}")
     pool: Pool | None = None
@@ -256,10 +280,17 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, wo
     result = summarize_history(
         cfg, history, wall_time_s=time.perf_counter() - started, transport=transport.name,
         missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=transport.federation_id,
-        device=device,
+        device=device, data=_data_record(federation, normalization),
     )
     result.write(out, server_history=server_history)
     return result
+
+
+def _data_record(federation: FederatedDataset, normalization: Normalization) -> dict[str, Any]:
+    """What the result keeps about the data: the loader's record (partition, dev cut) and the normalization."""
+    record = {k: v for k, v in federation.options.items() if isinstance(v, str | int | float | bool | list | None)}
+    return {**record, "dataset": federation.name, "client_count": len(federation.clients),
+            "normalization": normalization.mode}
 
 
 def _run_rounds(cfg: ExperimentConfig, transport: Transport, pool: Pool, evaluator: _Evaluator, out: Path,

@@ -75,15 +75,23 @@ def test_feature_files_as_data_sources(tmp_path: Path) -> None:
     save_feature_file(root / "test.npz", tensors(3))
     (root / "layout.json").write_text(layout.to_json())
     from_file = load_client_data(str(root / "clients" / "s1_joey.npz"))
-    from_folder = load_client_data(f"{root}#s1_joey")
+    from_folder = load_client_data(f"{root}#s1_joey?dev_fraction=0")
     assert from_file.name == from_folder.name == "s1_joey"
     assert from_file.data.inputs["audio"].shape == (6, 10, 80)
     np.testing.assert_array_equal(from_file.data.inputs["text"], from_folder.data.inputs["text"])
+    # without a dev file the folder's clients give 20% of their samples to dev (6 -> 5 here)
+    cut = load_client_data(f"{root}#s1_joey")
+    assert len(cut) == 5 and set(cut.indices) < set(range(6))
+    np.testing.assert_array_equal(cut.data.inputs["text"], from_file.data.inputs["text"][cut.indices])
     missing = load_client_data(f"{root}#s1_joey?missing_rule=client&missing_q=1.0")
     assert not missing.can_train
     with pytest.raises(FileNotFoundError):
         load_client_data(str(tmp_path / "nothing.npz"))
-    # the registry finds <data_dir>/meld with the preset layout (text length 64 by default)
+    # the registry finds <data_dir>/meld with its layout.json, else with the preset (text length 64)
+    fed = load_federation("meld", tmp_path, seed=1)
+    assert fed.client_names == ["s1_joey"] and fed.test.inputs["text"].shape == (3, 4, 512)
+    assert fed.options["seed"] == 1 and fed.options["partition"] == "given"
+    (root / "layout.json").unlink()
     fed = load_federation("meld", tmp_path)
     assert fed.client_names == ["s1_joey"] and fed.test.inputs["text"].shape == (3, 64, 512)
 

@@ -38,7 +38,7 @@ def _untrained_test_f1(cfg: ExperimentConfig) -> float:
     from client_sdk.model import build_model
     from client_sdk.trainer import evaluate
 
-    federation, _ = prepare_data(cfg)
+    federation, _, _ = prepare_data(cfg)
     config = federation_config(cfg, federation, len(federation.clients))
     model = build_model(config, seed=cfg.seed)
     return evaluate(model, federation.test, config.num_classes)["macro_f1"]
