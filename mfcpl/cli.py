@@ -41,6 +41,7 @@ PASS_THROUGH = {
     "client": ("client_sdk.node", "main"),
     "simulate": ("mfcpl.experiments.cli", "simulate_main"),
     "sweep": ("mfcpl.experiments.cli", "sweep_main"),
+    "reference": ("mfcpl.experiments.reference", "reference_main"),
 }
 
 # The optional dependencies, by extra (import names). `serve` needs all of SERVER_MODULES, `db` the database part.
@@ -78,6 +79,8 @@ def _pass_through_needs(name: str, argv: list[str]) -> tuple[str, ...]:
         return ("torch",) if argv[:1] == ["run"] else ()
     if name == "sweep" and {"--table-only", "--dry-run"} & set(argv):
         return ()
+    if name == "reference":
+        return ("torch",)
     embedded_coordinator = not ({"--in-process", "--server"} & {a.split("=", 1)[0] for a in argv})
     return ("torch",) + (SERVER_MODULES if embedded_coordinator else ())
 
@@ -278,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("client", help="operator: enroll clients; run: an edge node (mfcpl client --help)",
                    add_help=False).add_argument("rest", nargs=argparse.REMAINDER, help="enroll ... | run ...")
     for name, what in (("simulate", "one simulated federation (experiments)"),
-                       ("sweep", "a resumable grid of simulations (experiments)")):
+                       ("sweep", "a resumable grid of simulations (experiments)"),
+                       ("reference", "centralised references on a simulation's own split (experiments)")):
         tool = sub.add_parser(name, help=f"{what}; mfcpl {name} --help", add_help=False)
         tool.add_argument("rest", nargs=argparse.REMAINDER, help=f"the options of mfcpl {name}")
     return parser
@@ -893,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    if argv and argv[0] in ("simulate", "sweep"):
+    if argv and argv[0] in ("simulate", "sweep", "reference"):
         return _pass_through(argv[0], argv[1:])
     if argv and argv[0] == "client" and _client_help(argv[1:]):
         client_parser().print_help()
