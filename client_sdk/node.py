@@ -297,9 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--server", default=os.environ.get("MFCPL_SERVER_URL"), help="coordinator URL")
     run.add_argument("--token", default=os.environ.get("MFCPL_TOKEN"), help="this node's client token")
     run.add_argument("--federation", default=os.environ.get(ENV_FEDERATION), required=ENV_FEDERATION not in os.environ)
-    run.add_argument("--data", required=True,
+    run.add_argument("--data", default=None,
                      help="data source: DATASET:SHARD[?options] (e.g. uci_har:s05_k2?missing_rule=client&missing_q=0.8)"
-                     " or a feature file / folder#client (see client_sdk.data.registry)")
+                     " or a feature file / folder#client[?partition=...] (docs/data.md); or use --dataset")
+    own = run.add_argument_group("a data-set folder (instead of --data; docs/data.md)")
+    own.add_argument("--dataset", default=None, metavar="PATH", help="the data-set folder (layout.json + files)")
+    own.add_argument("--client", default=None, metavar="NAME", help="this node's client in it (a file, group or "
+                     "partition client name)")
+    own.add_argument("--partition", default=None, choices=["given", "iid", "dirichlet", "group"])
+    own.add_argument("--num-clients", type=int, default=None)
+    own.add_argument("--alpha", type=float, default=None)
+    own.add_argument("--dev-fraction", type=float, default=None)
+    own.add_argument("--partition-seed", type=int, default=None, help="the partition's seed (as simulate --seed)")
     run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATASETS_DIR or the cache)")
     run.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     run.add_argument("--device", default="cpu", help="torch device for local training (cpu, cuda, cuda:1, ...)")
@@ -320,15 +329,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if not args.token:
         raise SystemExit("a client token is needed: --token or MFCPL_TOKEN")
-    from client_sdk.data.registry import load_client_data
+    from client_sdk.data.registry import DataSource, load_client_data
 
+    if (args.data is None) == (args.dataset is None):
+        raise SystemExit("give the node's data with --data SOURCE or --dataset PATH --client NAME (not both)")
+    source: DataSource | str = args.data
+    if args.dataset is not None:
+        if not args.client:
+            raise SystemExit("--dataset needs --client NAME: which of the data set's clients this node is")
+        options = {key: value for key, value in (
+            ("partition", args.partition), ("num_clients", args.num_clients), ("alpha", args.alpha),
+            ("dev_fraction", args.dev_fraction), ("seed", args.partition_seed)) if value is not None}
+        source = DataSource(path=args.dataset, shard=args.client, options=options)
     try:
-        shard = load_client_data(args.data, data_dir=args.data_dir)
+        shard = load_client_data(source, data_dir=args.data_dir)
     except (ValueError, KeyError, FileNotFoundError) as exc:
-        log.error("cannot load data source %r: %s", args.data, exc)
+        log.error("cannot load data source %r: %s", str(source), exc)
         return 1
     data = shard.data
-    log.info("data %s: %d samples (%s complete), class counts %s", args.data, len(data), int(data.complete.sum()),
+    log.info("data %s: %d samples (%s complete), class counts %s", source, len(data), int(data.complete.sum()),
              np.bincount(data.labels).tolist())
     with MfcplClient(args.server, args.token, timeout=args.timeout, cache_dir=args.cache_dir) as client:
         log.info("coordinator %s, federation %s", client.base_url, args.federation)

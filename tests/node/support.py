@@ -87,10 +87,11 @@ class NodeProcess:
             self.process.wait(10)
 
 
-def start_node(name: str, server: str, token: str, federation: str, data: str, log_dir: Path,
+def start_node(name: str, server: str, token: str, federation: str, data: str | None, log_dir: Path,
                *extra: str) -> NodeProcess:
+    """A node reading ``--data data``, or (``data`` None) whatever ``extra`` says, e.g. ``--dataset``."""
     cmd = [*mfcpl_command(), "client", "run", "--server", server, "--token", token, "--federation", federation,
-           "--data", data, "--data-dir", DATA_DIR_ARG, *extra]
+           *(["--data", data] if data is not None else []), "--data-dir", DATA_DIR_ARG, *extra]
     log_path = log_dir / f"node-{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=REPO_ROOT, env=node_environment(), stdout=log, stderr=subprocess.STDOUT)

@@ -67,10 +67,13 @@ def test_nodes_on_a_folder_train_and_say_what_they_do(dataset: Path, tmp_path: P
         admin.models.upload_initial(fid, model_to_numpy(build_model(config, seed=0)))
         names = ["site0", "site1", "site3"]
         tokens = {name: admin.clients.enroll(fid, name).token for name in names}
-        sources = {"site0": f"{dataset}#site0?partition=group", "site1": f"{dataset}#site1?partition=group",
+        sources = {"site1": f"{dataset}#site1?partition=group",
                    # every modality dropped: this node can never train
                    "site3": f"{dataset}#site3?partition=group&missing_rule=client&missing_q=1.0"}
-        nodes = [start_node(n, coordinator.base_url, tokens[n], fid, sources[n], tmp_path) for n in names]
+        nodes = [start_node(n, coordinator.base_url, tokens[n], fid, sources[n], tmp_path) for n in names[1:]]
+        # the same kind of source spelt with options instead of a source string
+        nodes.append(start_node("site0", coordinator.base_url, tokens["site0"], fid, None, tmp_path, "--dataset",
+                                str(dataset), "--client", "site0", "--partition", "group"))
         try:
             codes = {node.name: node.wait(timeout_s=120) for node in nodes}
         finally:
