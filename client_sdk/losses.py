@@ -51,15 +51,35 @@ def _present_only(u: Mapping[str, Tensor], present: Mapping[str, Tensor]) -> lis
     return [u[m] for m in u if bool(present[m].any())]
 
 
+def pseudo_huber(d: Tensor, delta: float | None) -> Tensor:
+    """Robust version of a squared distance ``d`` (elementwise): ``2 delta^2 (sqrt(1 + d / delta^2) - 1)``.
+
+    Equal to ``d`` to first order for ``d << delta^2`` (the same value and gradient near the target), and
+    growing like ``2 delta sqrt(d)`` beyond: if ``d = ||x - t||^2 / k`` then the gradient wrt ``x`` has
+    norm at most ``2 delta / sqrt(k)`` however far ``x`` is from ``t`` (the squared distance's gradient grows
+    without bound). ``delta=None`` returns ``d`` unchanged.
+    """
+    if delta is None:
+        return d
+    if delta <= 0:
+        raise ValueError("delta must be positive (or None for the plain squared distance)")
+    c = float(delta) ** 2
+    return 2.0 * c * (torch.sqrt(1.0 + d / c) - 1.0)
+
+
 def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, mask: Tensor | None = None,
-              per_dimension: bool = False) -> Tensor:
+              per_dimension: bool = False, huber_delta: float | None = None) -> Tensor:
     """Cross-modal prototype regularization (modality-shared level).
 
-    ``L_CMPR = mean_{i in S} || s_i - P^{y_i} ||_2^2`` where ``S`` holds the samples (selected by ``mask``,
+    ``L_CMPR = mean_{i in S} rho(|| s_i - P^{y_i} ||_2^2)`` where ``S`` holds the samples (selected by ``mask``,
     default all) whose class has a prototype. ``s`` is ``[B, d]`` (the fused embedding in prototype space),
     ``prototypes`` ``[C, d]``. The prototypes are detached: the pull moves only ``s``. With
     ``per_dimension`` the squared distance is divided by d (FedProto's ``MSELoss`` scale), so the weight
     means the same whatever the width of an unbounded space such as the classifier's penultimate layer.
+    ``rho`` is the identity (``huber_delta=None``, the paper's squared distance) or :func:`pseudo_huber`
+    with ``huber_delta``: quadratic up to about ``huber_delta^2``, then a pull of bounded strength, so a
+    sample (or a whole client) far from the prototypes cannot dominate the update (docs/algorithm.md,
+    "Stability of the prototype pull").
     """
     select = coverage[labels]
     if mask is not None:
@@ -68,7 +88,8 @@ def cmpr_loss(s: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor, m
         return zero_like_graph(s)
     target = prototypes.detach()[labels[select]]
     squared = (s[select] - target).pow(2)
-    return (squared.mean(dim=1) if per_dimension else squared.sum(dim=1)).mean()
+    distance = squared.mean(dim=1) if per_dimension else squared.sum(dim=1)
+    return pseudo_huber(distance, huber_delta).mean()
 
 
 def prototype_contrast(

@@ -35,8 +35,8 @@ class Mfcpl(ClientAlgorithm):
         levels = {k: v.vectors for k, v in protos.items()}
         coverage = {k: v.coverage for k, v in protos.items()}
         return terms + [
-            LossTerm("cmpr", cmpr_loss(out.s, labels, targets, shared.coverage, per_dimension=space == "penultimate"),
-                     training.lambda_cmpr),
+            LossTerm("cmpr", cmpr_loss(out.s, labels, targets, shared.coverage, per_dimension=space == "penultimate",
+                                       huber_delta=training.cmpr_huber_delta), training.lambda_cmpr),
             LossTerm("cmpc", cmpc_loss(out.u, out.present, labels, levels, coverage, training.tau,
                                        training.cmpc_target), training.lambda_cmpc),
             LossTerm("cma", cma_loss(out.u, out.present, training.cma_distance), training.lambda_cma),

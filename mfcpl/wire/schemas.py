@@ -183,6 +183,13 @@ class TrainingConfig(_Model):
     prototype_source: PrototypeSource = Field(
         "complete", description="MFCPL: local shared prototypes from the complete samples (the paper) or from all."
     )
+    cmpr_huber_delta: StrictFloat | None = Field(
+        10.0, gt=0, description="MFCPL: CMPR's per-sample squared distance d goes through the pseudo-Huber "
+        "2 delta^2 (sqrt(1 + d / delta^2) - 1): the plain d up to about delta^2, then a pull of bounded strength, so "
+        "features far from their prototype (unscaled inputs, a diverging client) cannot blow the term up. In the "
+        "per-dimension units of the `penultimate` space delta is an RMS distance per feature. None: the plain "
+        "squared distance (the behaviour before; docs/algorithm.md, 'Stability of the prototype pull').",
+    )
 
 
 # Where each key of the former free-form ``training.options`` bag lives now (section, field).
