@@ -290,17 +290,12 @@ class NodeRunner:
         return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mfcpl client", description="Run an edge node of an mfcpl federation.")
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="poll for tasks, train, post updates until the federation ends")
-    run.add_argument("--server", default=os.environ.get("MFCPL_SERVER_URL"), help="coordinator URL")
-    run.add_argument("--token", default=os.environ.get("MFCPL_TOKEN"), help="this node's client token")
-    run.add_argument("--federation", default=os.environ.get(ENV_FEDERATION), required=ENV_FEDERATION not in os.environ)
-    run.add_argument("--data", default=None,
-                     help="data source: DATASET:SHARD[?options] (e.g. uci_har:s05_k2?missing_rule=client&missing_q=0.8)"
-                     " or a feature file / folder#client[?partition=...] (docs/data.md); or use --dataset")
-    own = run.add_argument_group("a data-set folder (instead of --data; docs/data.md)")
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default=None,
+                        help="data source: DATASET:SHARD[?options] (e.g. uci_har:s05_k2?missing_rule=client&"
+                        "missing_q=0.8), a feature file of this node's own data (layout.json next to it), or "
+                        "folder#client[?partition=...] (docs/data.md); or use --dataset")
+    own = parser.add_argument_group("a data-set folder (instead of --data; docs/data.md)")
     own.add_argument("--dataset", default=None, metavar="PATH", help="the data-set folder (layout.json + files)")
     own.add_argument("--client", default=None, metavar="NAME", help="this node's client in it (a file, group or "
                      "partition client name)")
@@ -309,7 +304,17 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--alpha", type=float, default=None)
     own.add_argument("--dev-fraction", type=float, default=None)
     own.add_argument("--partition-seed", type=int, default=None, help="the partition's seed (as simulate --seed)")
-    run.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATASETS_DIR or the cache)")
+    parser.add_argument("--data-dir", help="where named datasets live (default $MFCPL_DATASETS_DIR or the cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mfcpl client", description="Run an edge node of an mfcpl federation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="poll for tasks, train, post updates until the federation ends")
+    run.add_argument("--server", default=os.environ.get("MFCPL_SERVER_URL"), help="coordinator URL")
+    run.add_argument("--token", default=os.environ.get("MFCPL_TOKEN"), help="this node's client token")
+    run.add_argument("--federation", default=os.environ.get(ENV_FEDERATION), required=ENV_FEDERATION not in os.environ)
+    _add_data_arguments(run)
     run.add_argument("--threads", type=int, default=1, help="torch threads for local training")
     run.add_argument("--device", default="cpu", help="torch device for local training (cpu, cuda, cuda:1, ...)")
     run.add_argument("--cache-dir", help="keep downloaded models/prototypes here (ETag cache)")
@@ -318,17 +323,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not evaluate the received global model on the local data before training")
     run.add_argument("--timeout", type=float, default=60.0, help="HTTP timeout in seconds")
     run.add_argument("-v", "--verbose", action="store_true")
+    stats = sub.add_parser(
+        "stats", help="write this node's feature sums (count, sum, sum of squares per feature; no sample) for "
+        "federated normalization: mfcpl federation create --from-dataset LAYOUT_FOLDER --stats-from FILES",
+        description="Feature sums of this node's training data for federated standardisation, without sharing a "
+        "sample: per standardised modality the rows counted and, per feature, the sum and sum of squares.")
+    _add_data_arguments(stats)
+    stats.add_argument("--out", default=None, help="write the JSON here (default: standard output)")
+    stats.add_argument("-v", "--verbose", action="store_true")
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # one line per HTTP request drowns the node's own log; -v shows them
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-    if not args.token:
-        raise SystemExit("a client token is needed: --token or MFCPL_TOKEN")
+def _load_node_data(args: argparse.Namespace) -> tuple[str, MultimodalArrays] | None:
+    """The node's data as its arguments name it, and the source as text; None (logged) when it cannot load."""
     from client_sdk.data.registry import DataSource, load_client_data
 
     if (args.data is None) == (args.dataset is None):
@@ -345,8 +352,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         shard = load_client_data(source, data_dir=args.data_dir)
     except (ValueError, KeyError, FileNotFoundError) as exc:
         log.error("cannot load data source %r: %s", str(source), exc)
+        return None
+    return str(source), shard.data
+
+
+def _write_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from client_sdk.data.normalize import feature_sums, specs_from_arrays, sums_to_json
+
+    loaded = _load_node_data(args)
+    if loaded is None:
         return 1
-    data = shard.data
+    source, data = loaded
+    sums = feature_sums(data, specs_from_arrays(data))
+    text = json.dumps(sums_to_json(sums, source), indent=1)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+        log.info("feature sums of %d samples (%s) written to %s", len(data), ", ".join(sums), args.out)
+    else:
+        print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # one line per HTTP request drowns the node's own log; -v shows them
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "stats":
+        return _write_stats(args)
+    if not args.token:
+        raise SystemExit("a client token is needed: --token or MFCPL_TOKEN")
+    loaded = _load_node_data(args)
+    if loaded is None:
+        return 1
+    source, data = loaded
     log.info("data %s: %d samples (%s complete), class counts %s", source, len(data), int(data.complete.sum()),
              np.bincount(data.labels).tolist())
     with MfcplClient(args.server, args.token, timeout=args.timeout, cache_dir=args.cache_dir) as client:

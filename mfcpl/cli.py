@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="federated (default): standardise with statistics of every training client combined, "
                          "stored in the federation; client: each node with its own data's; none")
     _partition_args(derived)
+    derived.add_argument("--stats-from", nargs="+", default=[], metavar="FILE", dest="stats_files",
+                         help="the sites' feature sums (mfcpl client stats --out FILE, one per site): federated "
+                         "statistics without anyone holding the training data; the folder then needs only "
+                         "layout.json")
     derived.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                          help="any setting, e.g. training.lambda_cmpr=0.5 or model.hidden_dim=64 (repeatable)")
     derived.add_argument("--dry-run", action="store_true",
@@ -310,6 +314,8 @@ def client_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="client_command", required=True, metavar="ACTION")
     sub.add_parser("enroll", help="operator: enrol a client; prints its id and token (shown once)")
     sub.add_parser("run", help="run an edge node that trains for a federation (needs the client extra)")
+    sub.add_parser("stats", help="a site's feature sums for federated normalization (federation create "
+                   "--stats-from); no sample leaves the site")
     return parser
 
 
@@ -555,18 +561,27 @@ def _create_from_dataset(args: argparse.Namespace) -> int:
         config, data = federation_from_dataset(
             args.from_dataset, name=args.name, algorithm=args.algorithm, rounds=args.rounds,
             clients_per_round=args.clients_per_round, seed=args.seed, normalization=args.normalization,
-            options=_partition_options(args), overrides=args.overrides)
+            options=_partition_options(args), overrides=args.overrides, stats_files=args.stats_files)
     except DatasetError as error:
         return _usage_error(command, error)
+    if data is not None:
+        names = ", ".join(c.name for c in data.clients[:20]) + (", ..." if len(data.clients) > 20 else "")
+        print(f"clients (enrol these names; a node reads its own with --client NAME): {names}", file=sys.stderr)
     if args.dry_run:
         print(config.model_dump_json(indent=2))
         return 0
-    samples = sum(len(c) for c in data.clients)
-    stats = ("statistics of the training clients' " if config.normalization.mode == "federated" else "")
-    print(f"{args.from_dataset}: {len(data.clients)} training clients ({samples} samples), "
-          f"{len(config.modalities)} modalities, {config.num_classes} classes; normalization "
-          f"{config.normalization.mode}" + (f" ({stats}{samples} samples)" if stats else "")
-          + f"; read in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    if data is None:
+        rows = {m: int(s.count) for m, s in (config.normalization.stats or {}).items()}
+        print(f"{args.from_dataset}: layout.json, {len(config.modalities)} modalities, {config.num_classes} classes; "
+              f"normalization federated from {len(args.stats_files)} sites' sums (feature rows {rows})",
+              file=sys.stderr)
+    else:
+        samples = sum(len(c) for c in data.clients)
+        stats = ("statistics of the training clients' " if config.normalization.mode == "federated" else "")
+        print(f"{args.from_dataset}: {len(data.clients)} training clients ({samples} samples), "
+              f"{len(config.modalities)} modalities, {config.num_classes} classes; normalization "
+              f"{config.normalization.mode}" + (f" ({stats}{samples} samples)" if stats else "")
+              + f"; read in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     fed = _request(args, "POST", "/federations", json=config.model_dump(mode="json"))
     if args.init_model:
         from mfcpl.wire.constants import SAFETENSORS_CONTENT_TYPE

@@ -136,17 +136,25 @@ def federation_from_dataset(
     normalization: NormalizationMode = "federated",
     options: PartitionOptions | None = None,
     overrides: Sequence[str] = (),
-) -> tuple[FederationCreate, FederatedDataset]:
+    stats_files: Sequence[str | os.PathLike[str]] = (),
+) -> tuple[FederationCreate, FederatedDataset | None]:
     """The federation config a data-set folder implies, and the data it was derived from.
 
     Name, modalities (kinds and shapes), ``num_classes`` and ``class_names`` come from ``layout.json``;
     ``clients_per_round`` defaults to min(10, the folder's training clients); ``normalization`` ``federated``
     computes the statistics from the training clients only (never the dev or test file). ``overrides``
     (``training.lambda_cmpr=0.5``) apply last and may set any field.
+
+    With ``stats_files`` (``mfcpl client stats`` output, one per site) the folder needs only ``layout.json``: the
+    federated statistics combine the sites' sums and no training data is read (the data comes back as None).
     """
     if normalization not in NORMALIZATION_MODES:
         raise DatasetError(f"unknown normalization {normalization!r} (one of {', '.join(NORMALIZATION_MODES)})")
     seed = 0 if seed is None else seed
+    if stats_files:
+        return _federation_from_sums(folder, stats_files, name=name, algorithm=algorithm, rounds=rounds,
+                                     clients_per_round=clients_per_round, seed=seed, normalization=normalization,
+                                     overrides=overrides), None
     data = load_dataset(folder, (options or PartitionOptions()).with_seed(seed))
     if not data.clients:
         raise DatasetError(f"{folder}: no training clients")
@@ -159,12 +167,57 @@ def federation_from_dataset(
             raise DatasetError(f"{exc} (use --normalization none)") from None
     else:
         stats = Normalization(mode=normalization)
+    config = _config(folder, data.name, data.num_classes, list(data.class_names), list(data.modalities), stats,
+                     name=name, algorithm=algorithm, rounds=rounds,
+                     clients_per_round=clients_per_round or min(DEFAULT_CLIENTS_PER_ROUND, len(data.clients)),
+                     seed=seed, overrides=overrides)
+    return config, data
+
+
+def _federation_from_sums(folder: str | os.PathLike[str], stats_files: Sequence[str | os.PathLike[str]], *,
+                          name: str | None, algorithm: str | None, rounds: int | None, clients_per_round: int | None,
+                          seed: int, normalization: NormalizationMode, overrides: Sequence[str]) -> FederationCreate:
+    """The config from ``layout.json`` alone, standardised with the combined sums of the sites' stats files."""
+    from client_sdk.data.normalize import combine_sums, normalized_specs, sums_from_json
+
+    if normalization != "federated":
+        raise DatasetError(f"--stats-from gives federated statistics; it does not go with --normalization "
+                           f"{normalization}")
+    layout = read_layout(dataset_folder(folder))
+    parts = []
+    for file in stats_files:
+        try:
+            parts.append(sums_from_json(json.loads(Path(file).read_text()), str(file)))
+        except (OSError, ValueError) as exc:  # unreadable, not JSON, not a sums file
+            raise DatasetError(f"{file}: {exc}" if str(file) not in str(exc) else str(exc)) from None
+    widths = {spec.name: spec.shape[-1] for spec in normalized_specs(layout.modalities)}
+    for file, part in zip(stats_files, parts, strict=True):
+        for modality, sums in part.items():
+            if modality not in widths:
+                raise DatasetError(f"{file}: modality {modality!r} is not a standardised modality of "
+                                   f"{folder}/{LAYOUT_FILE} ({', '.join(widths) or 'none'})")
+            if len(sums.sum) != widths[modality]:
+                raise DatasetError(f"{file}: {modality!r} has {len(sums.sum)} features, the layout says "
+                                   f"{widths[modality]}")
+    stats = combine_sums(parts)
+    if not stats:
+        raise DatasetError("the stats files hold no feature rows to standardise")
+    return _config(folder, layout.name, layout.num_classes,
+                   list(layout.class_names) or [str(i) for i in range(layout.num_classes)], list(layout.modalities),
+                   Normalization(mode="federated", stats=stats), name=name, algorithm=algorithm, rounds=rounds,
+                   clients_per_round=clients_per_round or min(DEFAULT_CLIENTS_PER_ROUND, len(stats_files)),
+                   seed=seed, overrides=overrides)
+
+
+def _config(folder: str | os.PathLike[str], default_name: str, num_classes: int, class_names: list[str],
+            modalities: list[Any], stats: Normalization, *, name: str | None, algorithm: str | None,
+            rounds: int | None, clients_per_round: int, seed: int, overrides: Sequence[str]) -> FederationCreate:
     config: dict[str, Any] = {
-        "name": name or data.name,
-        "num_classes": data.num_classes,
-        "class_names": list(data.class_names),
-        "modalities": [m.model_dump(mode="json") for m in data.modalities],
-        "clients_per_round": clients_per_round or min(DEFAULT_CLIENTS_PER_ROUND, len(data.clients)),
+        "name": name or default_name,
+        "num_classes": num_classes,
+        "class_names": class_names,
+        "modalities": [m.model_dump(mode="json") for m in modalities],
+        "clients_per_round": clients_per_round,
         "seed": seed,
         "normalization": stats.model_dump(mode="json", exclude_none=True),
     }
@@ -174,7 +227,7 @@ def federation_from_dataset(
         config["rounds"] = rounds
     config = _apply_overrides(config, overrides)
     try:
-        return FederationCreate.model_validate(config), data
+        return FederationCreate.model_validate(config)
     except ValidationError as exc:
         raise DatasetError(f"the federation config from {folder} is not valid: {_first_error(exc)}") from None
 

@@ -261,7 +261,11 @@ def arrays_from_tensors(tensors: Mapping[str, np.ndarray], layout: FeatureLayout
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise FeatureFormatError(f"label must be a 1-D integer tensor, got {labels.dtype} {list(labels.shape)}")
     if len(labels) and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise FeatureFormatError(f"labels must lie in 0..{layout.num_classes - 1}")
+        bad = (labels < 0) | (labels >= layout.num_classes)
+        raise FeatureFormatError(
+            f"labels must lie in 0..{layout.num_classes - 1} (class ids from 0; num_classes is {layout.num_classes}): "
+            f"{int(bad.sum())} of {len(labels)} rows are outside, e.g. {int(labels[bad][0])} at row "
+            f"{int(np.flatnonzero(bad)[0])}")
     n = len(labels)
     inputs, present = {}, {}
     for spec in layout.modalities:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,50 @@ class FeatureSums:
 
     def __add__(self, other: FeatureSums) -> FeatureSums:
         return FeatureSums(self.count + other.count, self.sum + other.sum, self.sum_squares + other.sum_squares)
+
+
+SUMS_FORMAT = "mfcpl-feature-sums/1"
+
+
+def sums_to_json(sums: Mapping[str, FeatureSums], dataset: str = "") -> dict[str, Any]:
+    """A client's sums as JSON (what ``mfcpl client stats`` writes): aggregates only, never a sample."""
+    modalities = {name: {"count": part.count, "sum": part.sum.tolist(), "sum_squares": part.sum_squares.tolist()}
+                  for name, part in sums.items()}
+    return {"format": SUMS_FORMAT, "dataset": dataset, "modalities": modalities}
+
+
+def sums_from_json(raw: Any, source: str = "sums") -> dict[str, FeatureSums]:
+    """The sums a :func:`sums_to_json` document holds; ``ValueError`` naming ``source`` when it is not one."""
+    if not isinstance(raw, dict) or raw.get("format") != SUMS_FORMAT or not isinstance(raw.get("modalities"), dict):
+        raise ValueError(f"{source}: not a feature-sums file (format {SUMS_FORMAT}, written by mfcpl client stats)")
+    out = {}
+    for name, part in raw["modalities"].items():
+        try:
+            count = float(part["count"])
+            total = np.asarray(part["sum"], dtype=np.float64)
+            squares = np.asarray(part["sum_squares"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: modality {name!r}: {exc}") from None
+        if total.ndim != 1 or total.shape != squares.shape or count < 0 or not (
+                np.isfinite(total).all() and np.isfinite(squares).all() and np.isfinite(count)):
+            raise ValueError(f"{source}: modality {name!r}: count, sum and sum_squares must be finite, the sums "
+                             "one-dimensional and of the same length")
+        out[name] = FeatureSums(count, total, squares)
+    return out
+
+
+def specs_from_arrays(arrays: MultimodalArrays) -> list[ModalitySpec]:
+    """Modality specs read off arrays: float [N, D] is a vector, float [N, L, D] a sequence, integers are text.
+    Enough for :func:`feature_sums` where no layout is at hand (a node's own file)."""
+    specs = []
+    for name, x in arrays.inputs.items():
+        if np.issubdtype(x.dtype, np.integer):
+            specs.append(ModalitySpec(name=name, kind=ModalityKind.TEXT, shape=list(x.shape[1:])))
+        elif x.ndim == 2:
+            specs.append(ModalitySpec(name=name, kind=ModalityKind.VECTOR, shape=list(x.shape[1:])))
+        elif x.ndim == 3:
+            specs.append(ModalitySpec(name=name, kind=ModalityKind.TIMESERIES, shape=list(x.shape[1:])))
+    return specs
 
 
 def normalized_specs(modalities: Sequence[ModalitySpec]) -> list[ModalitySpec]:

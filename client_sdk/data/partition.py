@@ -92,7 +92,7 @@ def dirichlet_label_partition(
             return [np.sort(np.array(s, dtype=np.int64)) for s in shards]
     raise ValueError(
         f"no Dirichlet({alpha}) draw gave {num_shards} shards of >= {min_size} samples in {max_attempts} tries; "
-        "lower num_clients or min_size, or raise alpha"
+        "lower --num-clients or raise --alpha (or lower the min_size option)"
     )
 
 
@@ -280,7 +280,8 @@ class PartitionRequest:
     def refuse_unused(self, scheme: Scheme) -> None:
         """A ``ValueError`` for an option ``scheme`` does not use (callable before the data is loaded)."""
         if self.alpha is not None and scheme is not Scheme.DIRICHLET:
-            raise ValueError(f"alpha applies to partition=dirichlet only (partition is {scheme.value})")
+            raise ValueError(f"alpha applies to partition=dirichlet only (partition is {scheme.value}); "
+                             "add --partition dirichlet (a node: ?partition=dirichlet) or drop --alpha")
         if self.min_size is not None and scheme is not Scheme.DIRICHLET:
             raise ValueError(f"min_size applies to partition=dirichlet only (partition is {scheme.value})")
         if self.num_clients is not None and scheme in (Scheme.GIVEN, Scheme.GROUP):

@@ -90,8 +90,9 @@ def _add_experiment_args(p: argparse.ArgumentParser) -> None:
                         "the folder of your own data set (layout.json + feature files; docs/data.md)")
     g.add_argument("--data-dir", default=None, help="dataset directory (default $MFCPL_DATASETS_DIR or the user cache)")
     g.add_argument("--partition", default=None, choices=["given", "iid", "dirichlet", "group"],
-                   help="how training data becomes clients (not uci_har): the files' own clients (given, the "
-                        "default), iid, dirichlet (label skew, --alpha), group (one client per group id)")
+                   help="how training data becomes clients (not uci_har): given (the files' own clients), iid, "
+                        "dirichlet (label skew, --alpha), group (one client per group id). Default: given for data "
+                        "that comes split into clients, group for a pooled train file with a group column, else iid")
     g.add_argument("--num-clients", type=int, default=None, help="clients made by --partition iid or dirichlet")
     g.add_argument("--alpha", type=float, default=None,
                    help="Dirichlet label skew: uci_har (default 0.1) or --partition dirichlet")

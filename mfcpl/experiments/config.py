@@ -47,7 +47,8 @@ class ExperimentConfig(BaseModel):
     subjects: list[int] | None = Field(None, description="UCI-HAR training subjects to use (default all 21).")
     partition: Partition | None = Field(
         None, description="How training data becomes clients (not uci_har): given (the files' own clients), iid, "
-        "dirichlet (with alpha), group (one client per group id). Default: the data set's own clients.")
+        "dirichlet (with alpha), group (one client per group id). Default: given for data split into clients, "
+        "group for a pooled train file with a group column, else iid.")
     num_clients: int | None = Field(None, ge=1, description="Clients made by partition iid or dirichlet.")
     dev_fraction: float | None = Field(
         None, gt=0, lt=1, description="Share of the training data cut as the dev set when there is no dev file.")

@@ -50,7 +50,7 @@ def test_dirichlet_redraws_are_bounded() -> None:
     shards = dirichlet_label_partition(labels, 5, 0.5, scheme_rng(0, Scheme.DIRICHLET), min_size=8)
     assert min(len(s) for s in shards) >= 8 and sorted(np.concatenate(shards).tolist()) == list(range(100))
     # tiny alpha with a min_size near the mean: practically never satisfied -> a clear error after the bound
-    with pytest.raises(ValueError, match=f"in {MAX_REDRAWS} tries; lower num_clients or min_size"):
+    with pytest.raises(ValueError, match=f"in {MAX_REDRAWS} tries; lower --num-clients or raise --alpha"):
         dirichlet_label_partition(labels, 10, 0.001, scheme_rng(0, Scheme.DIRICHLET), min_size=10,
                                   max_attempts=MAX_REDRAWS)
 
