@@ -12,7 +12,7 @@ from mfcpl.wire.plugins import Registry
 
 
 def _load_builtins() -> None:
-    from client_sdk.algorithms import fedavg, fednova, fedproto, fedprox, mfcpl, pmcmfl  # noqa: F401
+    from client_sdk.algorithms import fedavg, fednova, fedproto, fedprox, flism, mfcpl, pmcmfl  # noqa: F401
 
 
 ALGORITHMS: Registry[ClientAlgorithm] = Registry("client-side algorithm", _load_builtins)

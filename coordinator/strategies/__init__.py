@@ -11,7 +11,7 @@ from mfcpl.wire.plugins import Registry
 
 
 def _load_builtins() -> None:
-    from coordinator.strategies import fedavg, fednova, fedopt  # noqa: F401
+    from coordinator.strategies import fedavg, fednova, fedopt, flism  # noqa: F401
 
 
 STRATEGIES: Registry[Strategy] = Registry("server-side strategy", _load_builtins)

@@ -97,6 +97,7 @@ class Algorithm(StrEnum):
     FEDPROTO = "fedproto"
     PMCMFL = "pmcmfl"
     FEDNOVA = "fednova"
+    FLISM = "flism"
 
 
 class ModalityKind(StrEnum):
@@ -191,6 +192,37 @@ class TrainingConfig(_Model):
         "squared distance (the behaviour before; docs/algorithm.md, 'Stability of the prototype pull').",
     )
 
+    flism_lambda_supcon: StrictFloat = Field(
+        1.0, ge=0, description="FLISM: weight of the supervised contrastive loss between views of a sample with "
+        "different modalities (modality-invariant representation learning; 0 turns it off).",
+    )
+    flism_views: Literal["dropout", "modalities"] = Field(
+        "dropout", description="FLISM: the second view of a sample. `dropout` (the paper's code): the fused "
+        "embedding s of a second forward pass with a random non-empty strict subset of the sample's present "
+        "modalities dropped and Gaussian noise added; `modalities`: each present modality's u^m (no second pass).",
+    )
+    flism_temperature: StrictFloat = Field(0.1, gt=0, description="FLISM: SupCon temperature.")
+    flism_base_temperature: StrictFloat = Field(
+        0.07, gt=0, description="FLISM: SupCon base temperature; the loss is scaled by temperature / base_temperature."
+    )
+    flism_noise_std: StrictFloat = Field(
+        0.7, ge=0, description="FLISM: std of the Gaussian noise added to the inputs of the `dropout` view."
+    )
+    flism_lambda_kd: StrictFloat = Field(
+        1.0, ge=0, description="FLISM: weight of the distillation from the received global model "
+        "(global-aligned knowledge distillation; 0 turns it off and skips the teacher).",
+    )
+    flism_kd_temperature: StrictFloat = Field(
+        1.0, gt=0, description="FLISM: distillation temperature T (the KL term is multiplied by T^2)."
+    )
+    flism_weighting: Literal["entropy", "entropy_x_samples"] = Field(
+        "entropy", description="FLISM server: weight of client i in the average, 1 / H_i (the paper's code, "
+        "sample counts ignored) or num_samples_i / H_i, with H_i the client's reported mean prediction entropy.",
+    )
+    flism_entropy_floor: StrictFloat = Field(
+        1e-6, gt=0, description="FLISM server: H_i is floored at this value before 1 / H_i (a client whose "
+        "predictions are all one-hot cannot take the whole weight through a division by ~0).",
+    )
 
 # Where each key of the former free-form ``training.options`` bag lives now (section, field).
 LEGACY_OPTIONS: dict[str, tuple[str, str]] = {
