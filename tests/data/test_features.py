@@ -150,7 +150,8 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
 
     fails({k: v for k, v in good.items() if k != "image"}, "missing tensor 'image'")
     fails({**good, "image": good["image"][:, :100]}, r"image: expected \[N=4, 1280\]")
-    fails({**good, "label": np.array([0, 1, 2, 0])}, r"labels must lie in 0..1 .*: 1 of 4 rows are outside, e.g. 2 at row 2")
+    fails({**good, "label": np.array([0, 1, 2, 0])},
+          r"labels must lie in 0..1 .*: 1 of 4 rows are outside, e.g. 2 at row 2")
     fails({**good, "text.lengths": np.array([1, 2, 30, 1])}, "exceed the padded length")
     fails({**good, "image": np.full((4, 1280), np.nan, np.float32)}, "finite")
     fails({**good, "image.present": np.ones(3, np.uint8)}, "image.present must be")
