@@ -165,9 +165,12 @@ def idempotent(services: Services, request: Request, key: str | None, payload: B
                 replay = _replay(session, caller, now, ttl_s)
                 if replay is not None:
                     return replay
-                # An expired row not yet collected is forgotten; the route's writes join this transaction.
-                session.execute(delete(IdempotencyKeyRow).where(IdempotencyKeyRow.principal == caller.principal,
-                                                                IdempotencyKeyRow.key == key))
+                # An expired row not yet collected is forgotten; the route's writes join this transaction. Only an
+                # expired one: a row an identical request committed since _replay looked must stay, so that this
+                # request's insert collides with it and answers its response (deleting it made two resources).
+                session.execute(delete(IdempotencyKeyRow).where(
+                    IdempotencyKeyRow.principal == caller.principal, IdempotencyKeyRow.key == key,
+                    IdempotencyKeyRow.created_at <= now - timedelta(seconds=ttl_s)))
                 created = create()
                 body = created.json_body()
                 stored = {**body, **{name: seal(str(body[name]), secret, caller.context) for name in created.sealed}}

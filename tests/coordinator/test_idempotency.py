@@ -4,11 +4,13 @@ refusal stores nothing; identical requests racing create one resource. SQLite an
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from coordinator.core import Services
@@ -157,3 +159,56 @@ def test_evaluation(coordinator: CoordinatorProcess) -> None:
         for client in clients:
             client.close()
     assert _count(coordinator.database_url, EvaluationRow, federation_id=fid) == 1
+
+
+@pytest.mark.postgres
+def test_a_key_committed_after_the_lookup_wins(postgres_url: str, tmp_path: Any,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interleaving behind a racing pair that made two federations on Postgres: this request looks the key up
+    and finds nothing, an identical request then commits it, and this one must not delete that fresh row as if it
+    had expired: its own insert collides and it answers the winner's response, its own writes rolled back.
+    (Postgres only: SQLite opens write transactions with BEGIN IMMEDIATE, so no other writer can commit between.)"""
+    from sqlalchemy.orm import Session
+    from starlette.requests import Request
+
+    from coordinator import idempotency
+    from coordinator.auth import hash_token
+    from coordinator.db.migrate import upgrade
+
+    services = Services.build(Settings(database_url=postgres_url, state_dir=tmp_path, admin_token="t" * 32,
+                                       auto_migrate=False))
+    upgrade(services.db.engine)
+    other_engine = make_engine(postgres_url)
+    token = "interleaving-token"
+    request = Request({"type": "http", "method": "POST", "path": "/v1/federations", "query_string": b"",
+                       "headers": [(b"authorization", f"Bearer {token}".encode())]})
+    fingerprint = idempotency.request_sha256(request, b"{}")
+    real_replay = idempotency._replay
+    looked: list[int] = []
+
+    def replay_then_lose_the_race(session: Any, caller: Any, now: datetime, ttl_s: float) -> Any:
+        if not looked:  # the first lookup happened just before the winner committed
+            looked.append(1)
+            with Session(other_engine) as other, other.begin():  # another connection: the racing request
+                other.add(IdempotencyKeyRow(principal=hash_token(token), key="k", request_sha256=fingerprint,
+                                            status=201, body={"id": "fed_winner"}, headers={}, sealed=[],
+                                            created_at=now))
+            return None
+        return real_replay(session, caller, now, ttl_s)
+
+    created: list[str] = []
+
+    def create() -> idempotency.Created:
+        created.append("fed_loser")
+        return idempotency.Created(201, {"id": "fed_loser"})
+
+    monkeypatch.setattr(idempotency, "_replay", replay_then_lose_the_race)
+    try:
+        answer = idempotency.idempotent(services, request, "k", b"{}", create)
+    finally:
+        services.db.dispose()
+        other_engine.dispose()
+    assert json.loads(bytes(answer.body)) == {"id": "fed_winner"}, answer.body
+    assert answer.headers["Idempotent-Replayed"] == "true"
+    assert created == ["fed_loser"]  # it did run (and was rolled back): the collision, not the lookup, decided
+    assert _count(postgres_url, IdempotencyKeyRow, key="k") == 1
