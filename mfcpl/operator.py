@@ -82,16 +82,15 @@ def dataset_folder(path: str | os.PathLike[str]) -> Path:
 
 def read_layout(path: str | os.PathLike[str]) -> Any:
     """The :class:`~client_sdk.data.features.FeatureLayout` of a data-set folder (or of the folder a file is in)."""
-    from client_sdk.data.features import FeatureFormatError, FeatureLayout
+    from client_sdk.data.features import FeatureFormatError, FeatureLayout, find_layout_file
 
     target = Path(path).expanduser()
-    folders = [target] if target.is_dir() else [target.parent, target.parent.parent]
-    for folder in folders:
-        if (folder / LAYOUT_FILE).is_file():
-            try:
-                return FeatureLayout.from_json((folder / LAYOUT_FILE).read_text())
-            except (FeatureFormatError, ValueError) as exc:
-                raise DatasetError(f"{folder / LAYOUT_FILE}: {exc}") from None
+    found = find_layout_file(target)
+    if found is not None:
+        try:
+            return FeatureLayout.from_json(found.read_text())
+        except (FeatureFormatError, ValueError) as exc:
+            raise DatasetError(f"{found}: {exc}") from None
     raise DatasetError(f"{target}: no {LAYOUT_FILE} " + ("in it" if target.is_dir() else "next to it or one folder up"))
 
 

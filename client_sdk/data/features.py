@@ -52,6 +52,13 @@ NAME_LISTS = ("client_names", "group_names")
 """Names indexed by the ``client`` / ``group`` column: safetensors metadata (JSON lists) or npz unicode arrays."""
 
 
+def find_layout_file(path: str | os.PathLike[str]) -> Path | None:
+    """The ``layout.json`` of a data-set folder, or of a feature file (next to it or one folder up); None if none."""
+    target = Path(path).expanduser()
+    folders = [target] if target.is_dir() else [target.parent, target.parent.parent]
+    return next((folder / LAYOUT_FILE for folder in folders if (folder / LAYOUT_FILE).is_file()), None)
+
+
 class FeatureFormatError(ValueError):
     """A feature file whose tensors do not follow the documented layout."""
 

@@ -31,7 +31,14 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from client_sdk.data.features import FILE_SUFFIXES, LAYOUT_FILE, PRESETS, FeatureLayout, load_feature_file
+from client_sdk.data.features import (
+    FILE_SUFFIXES,
+    LAYOUT_FILE,
+    PRESETS,
+    FeatureLayout,
+    find_layout_file,
+    load_feature_file,
+)
 from client_sdk.data.federated import ClientShard, FederatedDataset, default_data_dir
 from client_sdk.data.folder import is_path_syntax, load_folder_federation
 from client_sdk.data.fsdd import fsdd_av_federation
@@ -234,9 +241,9 @@ def _layout_for(file: Path, options: dict[str, object]) -> FeatureLayout:
         if str(preset) not in PRESETS:
             raise ValueError(f"unknown feature layout {preset!r} (presets: {sorted(PRESETS)})")
         return PRESETS[str(preset)]
-    for folder in (file.parent, file.parent.parent):
-        if (folder / LAYOUT_FILE).is_file():
-            return FeatureLayout.from_json((folder / LAYOUT_FILE).read_text())
+    found = find_layout_file(file)
+    if found is not None:
+        return FeatureLayout.from_json(found.read_text())
     raise ValueError(f"{file}: no {LAYOUT_FILE} next to it or above it; pass ?layout=<preset>")
 
 

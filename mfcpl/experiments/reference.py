@@ -23,6 +23,7 @@ import numpy as np
 
 from client_sdk.data.arrays import MultimodalArrays
 from client_sdk.data.federated import FederatedDataset
+from client_sdk.evaluation import accuracy, macro_f1
 from mfcpl.experiments.config import ExperimentConfig, federation_config
 from mfcpl.wire.schemas import Algorithm, FederationCreate, ModalityKind
 
@@ -47,14 +48,7 @@ def _design(data: MultimodalArrays, config: FederationCreate) -> np.ndarray:
 
 
 def _scores(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    f1s = []
-    for k in range(num_classes):
-        tp = float(np.sum((predicted == k) & (labels == k)))
-        fp = float(np.sum((predicted == k) & (labels != k)))
-        fn = float(np.sum((predicted != k) & (labels == k)))
-        if tp + fp + fn > 0:
-            f1s.append(2 * tp / (2 * tp + fp + fn))
-    return {"accuracy": float(np.mean(predicted == labels)), "macro_f1": float(np.mean(f1s)) if f1s else 0.0}
+    return {"accuracy": accuracy(labels, predicted), "macro_f1": macro_f1(labels, predicted, num_classes)}
 
 
 def linear_reference(train: MultimodalArrays, dev: MultimodalArrays, test: MultimodalArrays,
