@@ -66,6 +66,22 @@ class _Running:
         return {prefix + k: v / max(self.weight, 1) for k, v in self.sums.items()}
 
 
+def drop_one_modality(present: Mapping[str, Tensor], probability: float) -> dict[str, Tensor]:
+    """Modality dropout: each sample that has every modality loses one, chosen uniformly, with ``probability``.
+
+    Draws from the torch RNG (the trainer's forked, seeded one), so a seeded round stays reproducible.
+    """
+    names = list(present)
+    masks = torch.stack([present[m].bool() for m in names], dim=1)  # [B, M]
+    if probability <= 0 or len(names) < 2:
+        return {m: masks[:, i] for i, m in enumerate(names)}
+    hit = masks.all(dim=1) & (torch.rand(masks.shape[0], device=masks.device) < probability)
+    which = torch.randint(len(names), (masks.shape[0],), device=masks.device)
+    dropped = hit.unsqueeze(1) & (torch.arange(len(names), device=masks.device).unsqueeze(0) == which.unsqueeze(1))
+    kept = masks & ~dropped
+    return {m: kept[:, i] for i, m in enumerate(names)}
+
+
 def batch_losses(
     model: MultimodalModel, inputs: Mapping[str, Tensor], present: Mapping[str, Tensor], labels: Tensor,
     algorithm: ClientAlgorithm,
@@ -131,6 +147,8 @@ def train_local(
             for start in range(0, order.size, training.batch_size):
                 index = np.sort(order[start : start + training.batch_size])
                 inputs, present = batch_tensors(model, data, index)
+                if training.modality_dropout > 0:
+                    present = drop_one_modality(present, training.modality_dropout)
                 labels = torch.from_numpy(data.labels[index].astype(np.int64)).to(device)
                 loss, terms, logits = batch_losses(model, inputs, present, labels, algorithm)
                 if not torch.isfinite(loss):

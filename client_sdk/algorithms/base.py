@@ -48,6 +48,14 @@ class LocalRound:
         return self.prototypes[SHARED_LEVEL] if self.has_level(SHARED_LEVEL) else None
 
 
+def class_prototype_fill(local: LocalRound, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """Each modality's complete per-modality prototype of the sample's class, where the coordinator has one
+    (PmcmFL's completion; MFCPL's with ``training.mfcpl_fill``)."""
+    protos = local.prototypes
+    return {m: (protos[m].vectors[labels], protos[m].coverage[labels]) for m in local.model.modalities
+            if local.has_level(m)}
+
+
 class ClientAlgorithm:
     """The default is FedAvg's client: cross-entropy only, no prototypes, nothing filled.
 

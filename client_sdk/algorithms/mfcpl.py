@@ -1,7 +1,8 @@
 """MFCPL (Le et al., arXiv 2401.13898): complete class prototypes guide local training through CMPR, CMPC and CMA.
 
 Shared prototypes come from the client's complete samples (or from all samples with
-``training.prototype_source = all``), per-modality prototypes from the samples that have the modality.
+``training.prototype_source = all``), per-modality prototypes from the samples that have the modality (g2
+outputs u^m, or encoder features h^m with ``training.mfcpl_fill``, which fills a missing modality with them).
 docs/algorithm.md explains each term and setting.
 """
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from client_sdk.algorithms import register
-from client_sdk.algorithms.base import ClientAlgorithm, LossTerm
+from client_sdk.algorithms.base import ClientAlgorithm, LossTerm, class_prototype_fill
 from client_sdk.data import MultimodalArrays
 from client_sdk.losses import cma_loss, cmpc_loss, cmpr_loss
 from client_sdk.model import ModelOutput
@@ -21,6 +22,9 @@ from mfcpl.wire.tensors import LocalPrototypes
 
 @register("mfcpl")
 class Mfcpl(ClientAlgorithm):
+    def fill(self, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]] | None:
+        return class_prototype_fill(self.local, labels) if self.local.config.training.mfcpl_fill else None
+
     def loss_terms(self, out: ModelOutput, labels: Tensor) -> list[LossTerm]:
         training = self.local.config.training
         space = self.local.config.model.prototype_space
@@ -43,4 +47,6 @@ class Mfcpl(ClientAlgorithm):
         ]
 
     def local_prototypes(self, data: MultimodalArrays) -> dict[str, LocalPrototypes]:
-        return local_prototypes(self.local.model, data, shared_from=self.local.config.training.prototype_source)
+        training = self.local.config.training
+        return local_prototypes(self.local.model, data, shared_from=training.prototype_source,
+                                modality_feature="h" if training.mfcpl_fill else "u")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from client_sdk.algorithms import register
-from client_sdk.algorithms.base import ClientAlgorithm, LossTerm
+from client_sdk.algorithms.base import ClientAlgorithm, LossTerm, class_prototype_fill
 from client_sdk.data import MultimodalArrays
 from client_sdk.losses import prototype_clip_loss
 from client_sdk.model import ModelOutput
@@ -20,8 +20,7 @@ class PmcmFL(ClientAlgorithm):
         return [m for m in self.local.model.modalities if self.local.has_level(m)]
 
     def fill(self, labels: Tensor) -> dict[str, tuple[Tensor, Tensor]] | None:
-        protos = self.local.prototypes
-        return {m: (protos[m].vectors[labels], protos[m].coverage[labels]) for m in self._levels()}
+        return class_prototype_fill(self.local, labels)
 
     def loss_terms(self, out: ModelOutput, labels: Tensor) -> list[LossTerm]:
         levels = self._levels()

@@ -46,7 +46,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from mfcpl.wire.constants import MAX_METRIC_KEY_LENGTH, MAX_METRICS, has_control_characters
 
@@ -195,6 +195,16 @@ class TrainingConfig(_Model):
         "per-dimension units of the `penultimate` space delta is an RMS distance per feature. None: the plain "
         "squared distance (the behaviour before; docs/algorithm.md, 'Stability of the prototype pull').",
     )
+    mfcpl_fill: StrictBool = Field(
+        False, description="MFCPL: a sample's missing modality m takes, in the fusion, the complete per-modality "
+        "prototype of its class (PmcmFL's completion inside MFCPL), so clients that lack m train the fusion on "
+        "inputs shaped like the complete ones. The per-modality levels then hold encoder features h^m (from every "
+        "sample that has m) instead of g2 outputs u^m; needs cmpc_target = shared (docs/algorithm.md).",
+    )
+    modality_dropout: StrictFloat = Field(
+        0.0, ge=0, lt=1, description="Any algorithm: each step, every sample that has all modalities loses one, "
+        "chosen uniformly, with this probability (complete clients also learn to classify from one modality).",
+    )
 
     flism_lambda_supcon: StrictFloat = Field(
         1.0, ge=0, description="FLISM: weight of the supervised contrastive loss between views of a sample with "
@@ -227,6 +237,13 @@ class TrainingConfig(_Model):
         1e-6, gt=0, description="FLISM server: H_i is floored at this value before 1 / H_i (a client whose "
         "predictions are all one-hot cannot take the whole weight through a division by ~0).",
     )
+
+    @model_validator(mode="after")
+    def _fill_needs_shared_contrast(self) -> TrainingConfig:
+        if self.mfcpl_fill and self.cmpc_target == "modality":
+            raise ValueError("mfcpl_fill needs cmpc_target 'shared': with the fill, the per-modality prototypes hold "
+                             "encoder features h^m, which CMPC against the other modality cannot use")
+        return self
 
 # Where each key of the former free-form ``training.options`` bag lives now (section, field).
 LEGACY_OPTIONS: dict[str, tuple[str, str]] = {
