@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from client_sdk.algorithms import LocalRound, client_algorithm
+from client_sdk.algorithms.mfcpl import synthesized_complete_prototypes
 from client_sdk.model import build_model
 from client_sdk.prototypes import batch_tensors
 from client_sdk.torch_io import prototypes_to_torch
@@ -105,3 +106,42 @@ def test_a_filled_mfcpl_round_trains_with_finite_terms_and_differs_from_the_unfi
         results[fill] = train_local(model, data, cfg, global_prototypes=tables, seed=0)
         assert all(np.isfinite(v) for k, v in results[fill].metrics.items() if k.startswith("train_"))
     assert any(not np.array_equal(results[True].weights[k], results[False].weights[k]) for k in results[True].weights)
+
+
+def test_synthesized_complete_prototypes_are_the_fused_per_modality_prototypes_of_the_received_model() -> None:
+    cfg = har_config("mfcpl", mfcpl_fill=True, mfcpl_synthesize=True)
+    model = build_model(cfg, seed=0).train()
+    tables = _tables(True, model.hidden_dim, model.proto_dim)
+    tables["acc"].counts[5] = 0  # class 5 lacks an acc prototype: it cannot be synthesised
+    received = prototypes_to_torch(tables, 6)
+    made = synthesized_complete_prototypes(model, received, "penultimate")
+    assert made is not None and model.training  # the mode is restored
+    assert made.coverage.tolist() == [True, True, True, False, True, False]
+    # class 1 by hand: a model input with no real modality and both positions filled with class 1's prototypes
+    model.eval()
+    zeros = {m: torch.zeros(1, 128, 3) for m in ("acc", "gyro")}
+    none = {m: torch.zeros(1, dtype=torch.bool) for m in ("acc", "gyro")}
+    one = {m: (received[m].vectors[[1]], torch.ones(1, dtype=torch.bool)) for m in ("acc", "gyro")}
+    with torch.no_grad():
+        by_hand = model(zeros, none, fill=one).s[0]
+    torch.testing.assert_close(made.vectors[1], by_hand, rtol=1e-5, atol=1e-6)
+    # in the round: synthesised where possible, the received complete prototype elsewhere (class 5), none for 3
+    algorithm = client_algorithm("mfcpl")(LocalRound(model, cfg, received, None))
+    assert algorithm.targets.coverage.tolist() == [True, True, True, False, True, True]
+    torch.testing.assert_close(algorithm.targets.vectors[5], received["shared"].vectors[5])
+    torch.testing.assert_close(algorithm.targets.vectors[1], made.vectors[1])
+    with pytest.raises(ValidationError, match="mfcpl_synthesize needs mfcpl_fill"):
+        TrainingConfig(mfcpl_synthesize=True)
+
+
+def test_synthesis_gives_prototype_terms_when_no_complete_prototype_was_received() -> None:
+    data = load_har_slice(32, seed=4)
+    data.present["gyro"][::2] = False
+    data.present["acc"][1::2] = False  # no complete sample anywhere
+    cfg = har_config("mfcpl", batch_size=16, mfcpl_fill=True, mfcpl_synthesize=True)
+    model = build_model(cfg, seed=0)
+    tables = _tables(True, model.hidden_dim, model.proto_dim)
+    del tables["shared"]
+    result = train_local(model, data, cfg, global_prototypes=tables, seed=0)
+    assert result.metrics["train_cmpr"] > 0 and np.isfinite(result.metrics["train_cmpc"])
+    assert "shared" not in result.prototypes  # no complete sample: nothing to send for that level

@@ -201,6 +201,12 @@ class TrainingConfig(_Model):
         "inputs shaped like the complete ones. The per-modality levels then hold encoder features h^m (from every "
         "sample that has m) instead of g2 outputs u^m; needs cmpc_target = shared (docs/algorithm.md).",
     )
+    mfcpl_synthesize: StrictBool = Field(
+        False, description="MFCPL (with mfcpl_fill): at the start of each round the received model recomputes the "
+        "complete prototype of every class that each modality's h^m prototype covers, from those prototypes alone "
+        "(the fill in every position), so complete prototypes exist for every such class and come from the current "
+        "model; a class it cannot synthesise keeps the received complete prototype.",
+    )
     modality_dropout: StrictFloat = Field(
         0.0, ge=0, lt=1, description="Any algorithm: each step, every sample that has all modalities loses one, "
         "chosen uniformly, with this probability (complete clients also learn to classify from one modality).",
@@ -243,6 +249,9 @@ class TrainingConfig(_Model):
         if self.mfcpl_fill and self.cmpc_target == "modality":
             raise ValueError("mfcpl_fill needs cmpc_target 'shared': with the fill, the per-modality prototypes hold "
                              "encoder features h^m, which CMPC against the other modality cannot use")
+        if self.mfcpl_synthesize and not self.mfcpl_fill:
+            raise ValueError("mfcpl_synthesize needs mfcpl_fill: it synthesises from the per-modality encoder "
+                             "prototypes h^m that only the fill makes the clients send")
         return self
 
 # Where each key of the former free-form ``training.options`` bag lives now (section, field).
