@@ -236,12 +236,24 @@ def _simulate(args: argparse.Namespace, progress: ProgressPrinter) -> int:
         print(f"\nwall time over HTTP / in-process: {http.wall_time_s / inproc.wall_time_s:.3f} "
               f"({http.wall_time_s:.1f}s / {inproc.wall_time_s:.1f}s); identical scores: {same}")
     if args.results_dir:
-        dest = Path(args.results_dir)
-        dest.mkdir(parents=True, exist_ok=True)
         final = results[-1]
-        shutil.copyfile((out / "http" if args.compare else out) / "result.json", dest / f"{final.run_id}.json")
+        _copy_result((out / "http" if args.compare else out) / "result.json",
+                     Path(args.results_dir) / f"{final.run_id}.json")
     print(f"\noutputs in {out}/ (result.json, history.csv, history.json, f1_per_round.png, final_model.safetensors)")
     return 0
+
+
+def _copy_result(src: Path, dest: Path) -> None:
+    """A run's result.json into a results folder, compact (``results.compact_result_text``: floats to 6
+    significant digits, no absolute data_dir); copied as it is, with a warning, should compacting fail."""
+    from mfcpl.experiments.results import write_compact_result
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_compact_result(json.loads(src.read_text()), dest)
+    except Exception as exc:  # whatever went wrong, the result must reach the results folder
+        print(f"warning: {dest.name} copied uncompacted ({type(exc).__name__}: {exc})", file=sys.stderr)
+        shutil.copyfile(src, dest)
 
 
 def _split(text: str, cast: type) -> list[Any]:
@@ -274,12 +286,55 @@ def sweep_parser() -> argparse.ArgumentParser:
                    help="what --curves plots per round: a history field such as dev_macro_f1, test_macro_f1 or "
                         "prototype_cosine_shared (the complete prototypes' mean pairwise cosine)")
     p.add_argument("--at-round", type=int, default=None, help="compare every run as if it had stopped at round N")
+    p.add_argument("--reference", default=None, metavar="METHOD[:TAG]", type=_reference_arg,
+                   help="add each row's paired gain over this method (and variant tag; none: its untagged runs) in "
+                        "the same missing mode and rate: mean of the per-seed differences over the seeds both have "
+                        "at the same rounds, with its 95%% Student-t interval, for test F1 @ best dev and smoothed "
+                        "test F1, e.g. fedproto or mfcpl:pen-all")
+    p.add_argument("--per-seed", action="store_true",
+                   help="add a column of each run's test F1 @ best dev, in the order of the seeds column")
     p.add_argument("--collect-partial", action="store_true",
                    help="also record runs cut off before their end (their history.partial.json in --runs-dir)")
-    p.add_argument("--dry-run", action="store_true", help="list the runs and whether they are done")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs and whether they are done (stale: done, but the settings it recorded differ "
+                        "from what its configuration resolves to today; the differing keys follow)")
     p.add_argument("--device", default="cpu", help="torch device of each run (cpu, cuda)")
     p.add_argument("--in-process", action="store_true", help="run without the coordinator (see simulate --compare)")
     return p
+
+
+def _reference_arg(text: str) -> str:
+    from mfcpl.experiments.results import parse_reference
+
+    method, _ = parse_reference(text)
+    if method not in {a.value for a in Algorithm}:
+        raise argparse.ArgumentTypeError(f"{method!r} is not a method ({', '.join(a.value for a in Algorithm)})")
+    return text
+
+
+def _short(value: Any, width: int = 40) -> str:
+    from mfcpl.experiments.results import ABSENT
+
+    text = "absent" if value is ABSENT else json.dumps(value, default=repr)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _describe_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``training.lr 0.05 -> 0.01, model.hidden_dim absent -> 128`` (recorded -> today)."""
+    return ", ".join(f"{key} {_short(old)} -> {_short(new)}" for key, (old, new) in changes.items())
+
+
+def _stale_runs(done: Sequence[ExperimentConfig], results_dir: Path) -> dict[str, dict[str, tuple[Any, Any]]]:
+    """The done runs whose result files record settings other than their configuration resolves to today, with
+    the differences; results without recorded settings (written before they were) are never stale."""
+    from mfcpl.experiments.results import stale_settings
+
+    stale = {}
+    for cfg in done:
+        changes = stale_settings(results_dir / f"{cfg.run_id()}.json", cfg)
+        if changes:
+            stale[cfg.run_id()] = changes
+    return stale
 
 
 def sweep_main(argv: Sequence[str] | None = None) -> int:
@@ -296,15 +351,24 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
                          args.device)
     if not args.table_only:
         todo = [c for c in configs if not (results_dir / f"{c.run_id()}.json").exists()]
+        stale = _stale_runs([c for c in configs if c not in todo], results_dir)
         print(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run, "
               f"{args.parallel} at a time")
         if args.dry_run:
             for c in configs:
-                print(("done  " if c not in todo else "todo  ") + c.run_id())
+                if c in todo:
+                    print("todo  " + c.run_id())
+                elif c.run_id() in stale:
+                    print(f"stale {c.run_id()}  ({_describe_changes(stale[c.run_id()])})")
+                else:
+                    print("done  " + c.run_id())
             return 0
+        for run_id, changes in stale.items():
+            print(f"sweep: warning: {run_id} is done with other settings than it resolves to today "
+                  f"({_describe_changes(changes)}); skipped (remove its file to run it again)", file=sys.stderr)
         extra = ["--device", args.device] + (["--in-process"] if args.in_process else [])
         _run_all(todo, results_dir, Path(args.runs_dir), args.parallel, extra)
-    from mfcpl.experiments.results import load_results, results_table
+    from mfcpl.experiments.results import load_results, parse_reference, results_table
 
     wanted = {c.run_id() for c in configs}
     results = [r for r in load_results(results_dir.glob("*.json")) if args.all or r.run_id in wanted]
@@ -314,7 +378,11 @@ def sweep_main(argv: Sequence[str] | None = None) -> int:
         from mfcpl.experiments.results import truncated
 
         results = [truncated(r, args.at_round) for r in results]
-    table = results_table(results)
+    if args.reference:
+        method, tag = parse_reference(args.reference)
+        if not any(str(r.config.algorithm) == method and r.config.tag == tag for r in results):
+            print(f"sweep: warning: no tabulated run is the reference {args.reference}", file=sys.stderr)
+    table = results_table(results, reference=args.reference, per_seed=args.per_seed)
     if args.curves:
         _curves_plot(results, Path(args.curves), args.curve_metric)
     if args.table:
@@ -331,7 +399,7 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
     """Turn the checkpointed histories of runs that were cut off into results marked ``partial``."""
     import re
 
-    from mfcpl.experiments.results import summarize_history
+    from mfcpl.experiments.results import summarize_history, write_compact_result
 
     for cfg in configs:
         dest = results_dir / f"{cfg.run_id()}.json"
@@ -345,26 +413,36 @@ def _collect_partial(configs: Sequence[ExperimentConfig], results_dir: Path, run
         result = summarize_history(cfg, history, wall_time_s=float(history[-1].get("elapsed_seconds", 0.0)),
                                    transport=transport, missing={}, trainable_clients=trainable, device=device)
         result.partial = True
-        dest.write_text(result.model_dump_json(indent=1))
+        write_compact_result(result.model_dump(mode="json"), dest)
         print(f"collected {cfg.run_id()}: {len(history)} of {cfg.rounds} rounds (partial)")
 
 
 def _curves_plot(results: Sequence[Any], path: Path, metric: str = "dev_macro_f1") -> None:
-    """Mean of ``metric`` over seeds per round where the runs recorded it, one line per method (and variant)."""
+    """Mean of ``metric`` over seeds per round where the runs recorded it, one line per method (and variant), with
+    a band of ± one standard deviation over seeds where at least two seeds have the round."""
     from mfcpl.experiments.plots import plot_curves
 
     by_label: dict[str, dict[int, list[float]]] = {}
+    runs: dict[str, int] = {}
     for r in results:
         label = f"{r.config.algorithm}{'-' + r.config.tag if r.config.tag else ''}"
-        for e in r.history:
-            if metric in e:
-                by_label.setdefault(label, {}).setdefault(e["round"], []).append(e[metric])
-    curves = {label: [(rnd, statistics.fmean(v)) for rnd, v in sorted(points.items())]
-              for label, points in by_label.items()}
+        recorded = [e for e in r.history if metric in e]
+        if recorded:
+            runs[label] = runs.get(label, 0) + 1
+        for e in recorded:
+            by_label.setdefault(label, {}).setdefault(e["round"], []).append(e[metric])
+    curves: dict[str, list[tuple[int, float]]] = {}
+    bands: dict[str, list[float | None]] = {}
+    for label, points in by_label.items():
+        name = f"{label} (n={runs[label]})"
+        curves[name] = [(rnd, statistics.fmean(v)) for rnd, v in sorted(points.items())]
+        bands[name] = [statistics.stdev(v) if len(v) >= 2 else None for _, v in sorted(points.items())]
+    spread = "band: ± 1 std over seeds"
     if metric.endswith("macro_f1"):
-        plot_curves(curves, path, f"mean {metric.replace('_', ' ')} over seeds")
+        plot_curves(curves, path, f"mean {metric.replace('_', ' ')} over seeds ({spread})",
+                    ylabel=f"{metric.removesuffix('_macro_f1').replace('_', ' ')} macro-F1 (%)", bands=bands)
     else:
-        plot_curves(curves, path, f"mean {metric} over seeds", ylabel=metric, percent=False)
+        plot_curves(curves, path, f"mean {metric} over seeds ({spread})", ylabel=metric, percent=False, bands=bands)
 
 
 def _missing_rate_plot(results: Sequence[Any], path: Path) -> None:

@@ -280,7 +280,7 @@ def _run(cfg: ExperimentConfig, out_dir: str | Path, transport: Transport, *, wo
     result = summarize_history(
         cfg, history, wall_time_s=time.perf_counter() - started, transport=transport.name,
         missing=summary.to_dict(), trainable_clients=len(trainable), federation_id=transport.federation_id,
-        device=device, data={**_data_record(federation, normalization), "lr": config.training.lr},
+        device=device, data={**_data_record(federation, normalization), "lr": config.training.lr}, record_settings=True,
     )
     result.write(out, server_history=server_history)
     return result
