@@ -227,3 +227,25 @@ def prototype_clip_loss(
     if total is None or count == 0:
         return zero_like_graph(*_present_only(u, present))
     return total / count
+
+
+def batch_prototype_clip_loss(features: Tensor, labels: Tensor, prototypes: Tensor, coverage: Tensor,
+                              scale: float) -> Tensor:
+    """In-batch CLIP contrast of features with their class prototypes (PmcmFL's authors' code, ``ClipLossHalf``).
+
+    Row i's logits against row j are ``scale * <f_i, P^{y_j}>`` (a plain dot product, no normalisation), the
+    target is j = i, over the rows whose class has a prototype. Rows of the same class share a prototype, so
+    this equals ``-scale <f_i, P^{y_i}> + logsumexp_k (scale <f_i, P^k> + log n_k)`` over the covered classes
+    k of the batch, ``n_k`` rows each: computed that way, without the [B, B] matrix.
+    """
+    select = coverage[labels]
+    if not bool(select.any()):
+        return zero_like_graph(features)
+    f = features[select]
+    y = labels[select]
+    counts = torch.bincount(y, minlength=prototypes.shape[0]).to(f.dtype)
+    logits = scale * f @ prototypes.detach().T  # [n, C]
+    shifted = logits + torch.log(counts.clamp(min=1)).unsqueeze(0)
+    shifted = shifted.masked_fill((counts == 0).unsqueeze(0), _MASKED_LOGIT)
+    own = logits.gather(1, y.unsqueeze(1)).squeeze(1)
+    return (torch.logsumexp(shifted, dim=1) - own).mean()

@@ -219,6 +219,7 @@ class MultimodalModel(nn.Module):
         self.hidden_dim = settings.hidden_dim
         self.prototype_space: PrototypeSpace = prototype_space
         d, fused = settings.hidden_dim, settings.hidden_dim * settings.attention_heads
+        self.fused_dim = fused
         self.encoders = nn.ModuleDict({m.name: build_encoder(m, settings, finetune_text) for m in modalities})
         self.fusion = AttentionFusion(d, settings.attention_dim, settings.attention_heads)
         self.classifier_body = nn.Sequential(

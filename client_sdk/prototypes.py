@@ -21,9 +21,10 @@ from client_sdk.model import MultimodalModel
 from mfcpl.wire.constants import SHARED_LEVEL
 from mfcpl.wire.tensors import LocalPrototypes
 
-SharedFeature = Literal["s", "penultimate"]
+SharedFeature = Literal["s", "penultimate", "z"]
 ModalityFeature = Literal["u", "h"]
 SharedFrom = Literal["complete", "all"]
+ModalityFrom = Literal["present", "complete"]
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Embeddings:
     logits: np.ndarray  # [N, C]
     s: np.ndarray  # [N, d_p]
     penultimate: np.ndarray  # [N, hidden]
+    z: np.ndarray  # [N, heads * d] the fused representation
     h: dict[str, np.ndarray]  # [N, d]
     u: dict[str, np.ndarray]  # [N, d_p]
 
@@ -79,7 +81,7 @@ def embed(model: MultimodalModel, data: MultimodalArrays, batch_size: int = 256)
     """One eval-mode pass over ``data`` (the model's train/eval mode is restored afterwards)."""
     was_training = model.training
     model.eval()
-    parts: dict[str, list[np.ndarray]] = {"logits": [], "s": [], "penultimate": []}
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "s": [], "penultimate": [], "z": []}
     h: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
     u: dict[str, list[np.ndarray]] = {m: [] for m in model.modalities}
     try:
@@ -89,6 +91,7 @@ def embed(model: MultimodalModel, data: MultimodalArrays, batch_size: int = 256)
             parts["logits"].append(out.logits.cpu().numpy())
             parts["s"].append(out.s.cpu().numpy())
             parts["penultimate"].append(out.penultimate.cpu().numpy())
+            parts["z"].append(out.z.cpu().numpy())
             for m in model.modalities:
                 h[m].append(out.h[m].cpu().numpy())
                 u[m].append(out.u[m].cpu().numpy())
@@ -102,6 +105,7 @@ def embed(model: MultimodalModel, data: MultimodalArrays, batch_size: int = 256)
         logits=cat(parts["logits"], model.num_classes),
         s=cat(parts["s"], model.proto_dim),
         penultimate=cat(parts["penultimate"], model.classifier_out.in_features),
+        z=cat(parts["z"], model.fused_dim),
         h={m: cat(v, model.hidden_dim) for m, v in h.items()},
         u={m: cat(v, model.proto_dim) for m, v in u.items()},
     )
@@ -131,6 +135,7 @@ def local_prototypes(
     shared_feature: SharedFeature = "s",
     shared_from: SharedFrom = "complete",
     modality_feature: ModalityFeature = "u",
+    modality_from: ModalityFrom = "present",
     batch_size: int = 256,
     embeddings: Embeddings | None = None,
 ) -> dict[str, LocalPrototypes]:
@@ -149,9 +154,9 @@ def local_prototypes(
     for level in wanted:
         if level == SHARED_LEVEL:
             mask = has.all(axis=1) if shared_from == "complete" else has.any(axis=1)
-            vectors = emb.s if shared_feature == "s" else emb.penultimate
+            vectors = {"s": emb.s, "penultimate": emb.penultimate, "z": emb.z}[shared_feature]
         else:
-            mask = has[:, model.modalities.index(level)]
+            mask = has[:, model.modalities.index(level)] if modality_from == "present" else has.all(axis=1)
             vectors = emb.u[level] if modality_feature == "u" else emb.h[level]
         protos = class_means(vectors, data.labels, np.asarray(mask))
         if protos is not None:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from client_sdk.algorithms import LocalRound, client_algorithm
 from client_sdk.algorithms.mfcpl import synthesized_complete_prototypes
+from client_sdk.losses import batch_prototype_clip_loss
 from client_sdk.model import build_model
 from client_sdk.prototypes import batch_tensors
 from client_sdk.torch_io import prototypes_to_torch
@@ -145,3 +146,47 @@ def test_synthesis_gives_prototype_terms_when_no_complete_prototype_was_received
     result = train_local(model, data, cfg, global_prototypes=tables, seed=0)
     assert result.metrics["train_cmpr"] > 0 and np.isfinite(result.metrics["train_cmpc"])
     assert "shared" not in result.prototypes  # no complete sample: nothing to send for that level
+
+
+# ---- PmcmFL as its authors' code does it ---------------------------------------------------------------------
+
+
+def test_batch_clip_loss_equals_the_in_batch_matrix_form() -> None:
+    torch.manual_seed(0)
+    features = torch.randn(9, 5, requires_grad=True)
+    labels = torch.tensor([0, 2, 2, 1, 0, 3, 2, 1, 3])
+    prototypes = torch.randn(4, 5)
+    coverage = torch.tensor([True, True, True, False])  # class 3 has no prototype: its rows drop out
+    got = batch_prototype_clip_loss(features, labels, prototypes, coverage, scale=1 / 0.07)
+    keep = coverage[labels]
+    f, y = features[keep], labels[keep]
+    logits = (1 / 0.07) * f @ prototypes[y].T  # [n, n]: row i against the prototype of row j's class
+    expected = torch.nn.functional.cross_entropy(logits, torch.arange(len(y)))
+    torch.testing.assert_close(got, expected)
+    got.backward()
+    assert features.grad is not None and torch.all(features.grad[~keep] == 0)
+    none = batch_prototype_clip_loss(features, labels, prototypes, torch.zeros(4, dtype=torch.bool), 14.0)
+    assert float(none.detach()) == 0.0
+
+
+def test_pmcmfl_authors_code_sends_complete_sample_prototypes_with_a_fused_level_and_trains() -> None:
+    data = load_har_slice(48, seed=5)
+    data.present["gyro"][::3] = False
+    cfg = har_config("pmcmfl", batch_size=16, pmcmfl_variant="authors_code")
+    model = build_model(cfg, seed=0)
+    sent = client_algorithm("pmcmfl")(LocalRound(model, cfg, {}, None)).local_prototypes(data)
+    complete = data.present["acc"] & data.present["gyro"]
+    assert set(sent) == {"shared", "acc", "gyro"}
+    assert sent["shared"].vectors.shape[1] == model.fused_dim
+    assert sent["acc"].vectors.shape[1] == model.hidden_dim
+    assert float(sent["acc"].counts.sum()) == float(complete.sum())  # complete samples only, not all with acc
+    tables = {level: PrototypeTable(np.zeros((6, p.vectors.shape[1]), np.float32), np.zeros(6, np.float32))
+              for level, p in sent.items()}
+    for level, p in sent.items():
+        tables[level].vectors[p.classes] = p.vectors
+        tables[level].counts[p.classes] = p.counts
+    result = train_local(model, data, cfg, global_prototypes=tables, seed=0)
+    assert result.metrics["train_pmcmfl_fused"] > 0 and np.isfinite(result.metrics["train_pmcmfl_acc"])
+    simplified = har_config("pmcmfl", batch_size=16)
+    plain = train_local(build_model(simplified, seed=0), data, simplified, seed=0)
+    assert set(plain.prototypes) == {"acc", "gyro"} and "train_pmcmfl_fused" not in plain.metrics

@@ -181,7 +181,13 @@ class TrainingConfig(_Model):
         "count", description="Complete prototypes as count-weighted or plain mean over clients."
     )
     fedproto_lambda: StrictFloat = Field(1.0, ge=0, description="FedProto: weight of the pull towards the prototypes.")
-    pmcmfl_lambda: StrictFloat = Field(1.0, ge=0, description="PmcmFL: weight of its prototype contrast.")
+    pmcmfl_lambda: StrictFloat = Field(1.0, ge=0, description="PmcmFL (simplified): weight of its prototype "
+                                       "contrast.")
+    pmcmfl_variant: Literal["simplified", "authors_code"] = Field(
+        "simplified", description="PmcmFL: `simplified` (our first reconstruction: h^m prototypes from every sample "
+        "with m, cosine contrast weighted pmcmfl_lambda) or `authors_code` (as the authors' public code: prototypes "
+        "from complete samples, a fused-representation prototype, in-batch CLIP contrast with their weights; "
+        "docs/algorithm.md).")
     lambda_proto_ce: StrictFloat = Field(
         0.1, ge=0, description="MFCPL: weight of the cosine-head cross-entropy on s (`normalized` space only)."
     )
