@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "  uci_har fetch [--dest DIR] [--url URL] [--sha256 HEX]   download the official UCI-HAR zip\n"
             "  uci_har info [--data-dir DIR]                           load UCI-HAR and print its counts\n"
             "  fsdd_av export DIR [--data-dir D] [--format F]          write FSDD+mfeat as a pooled data set folder\n"
-            "  missing [--rule client|sample] [--q Q] [--seeds ...]    partition + missing-modality counts",
+            "  missing [--rule client|sample|client_varied] [--q Q] [--seeds ...]  the missing-modality counts",
             file=sys.stderr,
         )
         return 2

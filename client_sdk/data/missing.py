@@ -1,9 +1,12 @@
 """Missing-modality simulation (docs/method.md "Protocol"): which clients / samples lose which modality.
 
-Two rules, both seeded and applied to the clients only (dev and test stay complete):
+Three rules, all seeded and applied to the clients only (dev and test stay complete):
 
 * ``client``: each client loses each modality independently with probability ``q``, for all its samples.
   A client that loses every modality has nothing to train on (it stays in the list, ``can_train`` False).
+* ``client_varied``: as ``client``, but each client first draws its own rate ``q_i ~ Beta(2q, 2(1 - q))``
+  (mean ``q``, concentration 2): missing rates that differ across clients, some sites nearly complete and
+  others nearly barren (the paper's open question 1).
 * ``sample``: each sample, independently with probability ``q``, loses one of its present modalities chosen
   uniformly; a sample never loses its last modality.
 
@@ -28,9 +31,11 @@ class MissingRule(StrEnum):
     NONE = "none"
     CLIENT = "client"
     SAMPLE = "sample"
+    CLIENT_VARIED = "client_varied"
 
 
-_RULE_STREAM = {MissingRule.CLIENT: 1, MissingRule.SAMPLE: 2}
+_RULE_STREAM = {MissingRule.CLIENT: 1, MissingRule.SAMPLE: 2, MissingRule.CLIENT_VARIED: 3}
+VARIED_CONCENTRATION = 2.0  # a + b of client_varied's Beta(a, b)
 
 
 def _client_rng(seed: int, rule: MissingRule, client: str) -> np.random.Generator:
@@ -43,6 +48,25 @@ def client_level_drops(
     """[N] bool per modality: True where the client level rule removes it (all rows or none)."""
     rng = _client_rng(seed, MissingRule.CLIENT, client)
     lost = rng.random(len(modalities)) < q
+    return {m: np.full(num_samples, bool(gone)) for m, gone in zip(modalities, lost, strict=True)}
+
+
+def varied_client_rate(client: str, q: float, seed: int) -> float:
+    """``client_varied``: the client's own missing rate, ``Beta(2q, 2(1 - q))`` (0 or 1 at the ends)."""
+    if q <= 0.0 or q >= 1.0:
+        return q
+    rng = _client_rng(seed, MissingRule.CLIENT_VARIED, client)
+    return float(rng.beta(VARIED_CONCENTRATION * q, VARIED_CONCENTRATION * (1 - q)))
+
+
+def varied_client_drops(
+    client: str, num_samples: int, modalities: Sequence[str], q: float, seed: int
+) -> dict[str, np.ndarray]:
+    """[N] bool per modality: the client rule at the client's own rate :func:`varied_client_rate`."""
+    rate = varied_client_rate(client, q, seed)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, _RULE_STREAM[MissingRule.CLIENT_VARIED], 1,
+                                                        zlib.crc32(client.encode())]))
+    lost = rng.random(len(modalities)) < rate
     return {m: np.full(num_samples, bool(gone)) for m, gone in zip(modalities, lost, strict=True)}
 
 
@@ -161,6 +185,8 @@ def drop_modalities(
         return shard
     if rule is MissingRule.CLIENT:
         drops = client_level_drops(shard.name, len(data), names, q, seed)
+    elif rule is MissingRule.CLIENT_VARIED:
+        drops = varied_client_drops(shard.name, len(data), names, q, seed)
     else:
         drops = sample_level_drops(shard.name, data.present, names, q, seed)
     return ClientShard(name=shard.name, data=data.with_missing(drops), indices=shard.indices, subject=shard.subject)

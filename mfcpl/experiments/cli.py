@@ -176,8 +176,9 @@ def simulate_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="mfcpl", choices=[a.value for a in Algorithm],
                    help="the method (default mfcpl)")
     p.add_argument("--missing-rate", type=float, default=0.0, help="q, the missing-modality rate")
-    p.add_argument("--missing-mode", default="client", choices=["client", "sample"],
-                   help="whole clients miss a modality, or single samples (default client)")
+    p.add_argument("--missing-mode", default="client", choices=["client", "sample", "client_varied"],
+                   help="whole clients miss a modality, or single samples, or whole clients at rates that differ "
+                   "per client (client_varied: q_i ~ Beta(2q, 2(1-q)), mean q) (default client)")
     p.add_argument("--seed", type=int, default=1, help="seed of the partition, missing modalities and sampling")
     _add_experiment_args(p)
     p.add_argument("--config-json", help="a whole ExperimentConfig as JSON (overrides the options above)")
@@ -270,7 +271,7 @@ def sweep_parser() -> argparse.ArgumentParser:
                     "markdown table of mean and std over seeds.")
     p.add_argument("--methods", default="fedavg,fedprox,fedopt,fedproto,mfcpl", help="comma-separated algorithms")
     p.add_argument("--rates", default="0.8", help="comma-separated missing rates q (default 0.8)")
-    p.add_argument("--modes", default="client", help="comma-separated missing modes: client, sample")
+    p.add_argument("--modes", default="client", help="comma-separated missing modes: client, sample, client_varied")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     _add_experiment_args(p)
     p.add_argument("--results-dir", default=str(DEFAULT_RESULTS_DIR), help="one JSON per finished run")

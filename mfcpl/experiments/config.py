@@ -19,7 +19,7 @@ from mfcpl.wire.schemas import (
     upgrade_legacy_settings,
 )
 
-MissingMode = Literal["none", "client", "sample"]
+MissingMode = Literal["none", "client", "sample", "client_varied"]
 Partition = Literal["given", "iid", "dirichlet", "group"]
 NormalizationChoice = Literal["auto", "federated", "client", "none"]
 PRESTANDARDISED_DATASETS = frozenset({"uci_har"})  # their loaders already z-normalise every window

@@ -122,7 +122,7 @@ def reference_parser() -> argparse.ArgumentParser:
         description="Centralised references on an experiment's own split: the SDK model trained on the pooled "
                     "training data, and a ridge classifier on the flattened features. Takes simulate's data options.")
     p.add_argument("--missing-rate", type=float, default=0.0, help="q (default 0: complete data)")
-    p.add_argument("--missing-mode", default="client", choices=["client", "sample"])
+    p.add_argument("--missing-mode", default="client", choices=["client", "sample", "client_varied"])
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--epochs", type=int, default=30, help="epochs of the model reference (default 30)")
     p.add_argument("--out", default=None, help="write reference.json here")

@@ -141,3 +141,29 @@ def test_client_level_q08_on_the_real_partition(uci: UciHar) -> None:
     # in line with docs/method.md: 105 * (1 - 0.8**2) = 37.8 can train, 105 * 0.2**2 = 4.2 complete
     assert 30 <= np.mean([v[1] for v in got.values()]) <= 50
     assert 2 <= np.mean([v[0] for v in got.values()]) <= 8
+
+
+def test_client_varied_draws_each_clients_own_rate_with_mean_q(synthetic: FederatedDataset) -> None:
+    from client_sdk.data.missing import varied_client_rate
+
+    q = 0.8
+    rates = np.array([varied_client_rate(c.name, q, seed=3) for c in synthetic.clients])
+    assert abs(rates.mean() - q) < 0.02  # Beta(2q, 2(1-q)) has mean q ...
+    assert abs(rates.var() - q * (1 - q) / 3) < 0.01  # ... and variance q(1-q)/(a+b+1)
+    assert (rates < 0.2).mean() > 0.01 and (rates > 0.99).mean() > 0.15  # some nearly complete, many barren
+    out, summary = simulate_missing(synthetic, "client_varied", q, seed=3)
+    masks = np.stack([_mask(c) for c in out.clients])  # [clients, modalities, samples]
+    assert (masks.all(axis=2) | ~masks.any(axis=2)).all()  # still whole clients: all rows or none
+    lost = ~masks[:, :, 0]
+    # a client's modalities go independently at its own rate: P(lose) tracks the drawn rate
+    low, high = rates < 0.5, rates > 0.9
+    assert abs(lost[low].mean() - rates[low].mean()) < 0.05 and abs(lost[high].mean() - rates[high].mean()) < 0.02
+    # complete clients (3 modalities): E[(1 - q_i)^3] = 0.4 * 1.4 * 2.4 / (2 * 3 * 4) = 0.056 at q = 0.8 with
+    # 1 - q_i ~ Beta(0.4, 1.6), seven times the uniform rule's 0.2^3 = 0.008
+    assert 0.04 < summary.clients_complete / len(out.clients) < 0.075
+    again, _ = simulate_missing(synthetic, "client_varied", q, seed=3)
+    assert all(np.array_equal(_mask(a), _mask(b)) for a, b in zip(out.clients, again.clients, strict=True))
+    other, _ = simulate_missing(synthetic, "client_varied", q, seed=4)
+    assert any(not np.array_equal(_mask(a), _mask(b)) for a, b in zip(out.clients, other.clients, strict=True))
+    assert all(np.array_equal(_mask(a), _mask(b)) for a, b in
+               zip(simulate_missing(synthetic, "client_varied", 0.0, 3)[0].clients, synthetic.clients, strict=True))
