@@ -36,15 +36,14 @@ def synthesized_complete_prototypes(model: MultimodalModel, per_modality: Mappin
     names = model.modalities
     if not names or any(m not in per_modality or not per_modality[m].any for m in names):
         return None
-    num_classes = per_modality[names[0]].vectors.shape[0]
-    labels = torch.arange(num_classes, device=per_modality[names[0]].vectors.device)
+    num_classes, device = per_modality[names[0]].vectors.shape[0], per_modality[names[0]].vectors.device
     fill = {m: (per_modality[m].vectors, per_modality[m].coverage) for m in names}
     covered = torch.stack([per_modality[m].coverage for m in names]).all(dim=0)
     inputs, present = {}, {}
     for m, spec in model.specs.items():
         dtype = torch.int64 if spec.kind == "text" else torch.float32
-        inputs[m] = torch.zeros(num_classes, *spec.shape, dtype=dtype, device=labels.device)
-        present[m] = torch.zeros(num_classes, dtype=torch.bool, device=labels.device)
+        inputs[m] = torch.zeros(num_classes, *spec.shape, dtype=dtype, device=device)
+        present[m] = torch.zeros(num_classes, dtype=torch.bool, device=device)
     was_training = model.training
     model.eval()
     try:

@@ -46,8 +46,13 @@ def client_level_drops(
     client: str, num_samples: int, modalities: Sequence[str], q: float, seed: int
 ) -> dict[str, np.ndarray]:
     """[N] bool per modality: True where the client level rule removes it (all rows or none)."""
-    rng = _client_rng(seed, MissingRule.CLIENT, client)
-    lost = rng.random(len(modalities)) < q
+    return _whole_client_drops(_client_rng(seed, MissingRule.CLIENT, client), num_samples, modalities, q)
+
+
+def _whole_client_drops(rng: np.random.Generator, num_samples: int, modalities: Sequence[str],
+                        rate: float) -> dict[str, np.ndarray]:
+    """Each modality lost with probability ``rate``, for every one of the client's rows."""
+    lost = rng.random(len(modalities)) < rate
     return {m: np.full(num_samples, bool(gone)) for m, gone in zip(modalities, lost, strict=True)}
 
 
@@ -63,11 +68,9 @@ def varied_client_drops(
     client: str, num_samples: int, modalities: Sequence[str], q: float, seed: int
 ) -> dict[str, np.ndarray]:
     """[N] bool per modality: the client rule at the client's own rate :func:`varied_client_rate`."""
-    rate = varied_client_rate(client, q, seed)
     rng = np.random.default_rng(np.random.SeedSequence([seed, _RULE_STREAM[MissingRule.CLIENT_VARIED], 1,
                                                         zlib.crc32(client.encode())]))
-    lost = rng.random(len(modalities)) < rate
-    return {m: np.full(num_samples, bool(gone)) for m, gone in zip(modalities, lost, strict=True)}
+    return _whole_client_drops(rng, num_samples, modalities, varied_client_rate(client, q, seed))
 
 
 def sample_level_drops(
